@@ -1,0 +1,129 @@
+"""The `campaignops` command line: one thin subcommand per pipeline step, shared by people,
+DVC stages and Airflow tasks. Heavy libraries load inside the subcommand that needs them."""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from campaignops.config import load_settings
+
+app = typer.Typer(help="campaignops: personalized campaign MLOps", no_args_is_help=True)
+stack_app = typer.Typer(help="The embedded local stack (S3, MLflow, Airflow)", no_args_is_help=True)
+data_app = typer.Typer(help="Raw data: synthetic generation and imports", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+app.add_typer(data_app, name="data")
+console = Console()
+
+
+def _print(result) -> None:
+    console.print_json(json.dumps(result, default=str))
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start SeaweedFS (S3), MLflow and Airflow on 127.0.0.1 and wait until healthy."""
+    from campaignops.infra import stack
+
+    settings = load_settings()
+    stack.up(settings)
+    stack_status()
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop the processes `stack up` started (and only those)."""
+    from campaignops.infra import stack
+
+    for line in stack.down(load_settings()):
+        console.print(line)
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Each service, its URL and health."""
+    from campaignops.infra import stack
+
+    table = Table("service", "url", "pid", "running", "healthy")
+    for s in stack.status(load_settings()):
+        table.add_row(str(s["name"]), str(s["url"]), str(s.get("pid") or "-"), str(s["running"]), str(s["healthy"]))
+    console.print(table)
+
+
+@data_app.command("generate")
+def data_generate(users: Optional[int] = typer.Option(None, help="number of users (default: params data.users)"),
+                  seed: Optional[int] = typer.Option(None, help="random seed (default: params data.seed)"),
+                  batch: Optional[str] = typer.Option(None, help="batch id (default: params data.batch)")) -> None:
+    """Write a synthetic campaign world with known truth to S3 raw/<batch>/."""
+    from campaignops.pipelines import synth
+
+    manifest = synth.generate(load_settings(), users=users, seed=seed, batch=batch)
+    _print({"batch": manifest["batch"], "tables": {t: v["rows"] for t, v in manifest["tables"].items()}})
+
+
+@app.command()
+def ingest(batch: Optional[str] = typer.Option(None, help="batch id (default: params data.batch)")) -> None:
+    """Register a landed raw batch: snapshot its S3 manifest into data/raw_manifest.json."""
+    from campaignops.pipelines import ingest as step
+
+    _print(step.ingest(load_settings(), batch=batch))
+
+
+@app.command()
+def validate() -> None:
+    """Validate the raw batch (GX suites), quarantine bad rows, write data/validated."""
+    from campaignops.pipelines import validate as step
+
+    _print(step.run(load_settings()))
+
+
+@app.command()
+def features() -> None:
+    """Build point-in-time features into data/features."""
+    from campaignops.pipelines import features as step
+
+    _print(step.build(load_settings()))
+
+
+@app.command()
+def train() -> None:
+    """Train the campaign response model; log it to MLflow; save to data/model."""
+    from campaignops.pipelines import train as step
+
+    _print(step.run(load_settings()))
+
+
+@app.command()
+def evaluate() -> None:
+    """Compare candidate and champion on the holdout; write reports/evaluation.json."""
+    from campaignops.pipelines import evaluate as step
+
+    report = step.run(load_settings())
+    _print(report)
+    if not report["passed"]:
+        console.print(f"[yellow]gate failed:[/] {'; '.join(report['reasons'])}")
+
+
+@app.command()
+def promote(rollback: bool = typer.Option(False, help="make the previous champion the champion again")) -> None:
+    """Register the gated candidate and move the `champion` alias to it."""
+    from campaignops.pipelines import promote as step
+
+    settings = load_settings()
+    _print(step.rollback(settings) if rollback else step.run(settings))
+
+
+@app.command()
+def score(campaign_id: Optional[str] = typer.Option(None, help="campaign to score (default: the upcoming one)"),
+          budget: Optional[float] = typer.Option(None, help="send budget in currency (default: params)")) -> None:
+    """Score every user × variant with the champion; write the targeting to S3."""
+    from campaignops.pipelines import score as step
+
+    _print(step.run(load_settings(), campaign_id=campaign_id, budget=budget))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,64 @@
+"""
+### campaign_retrain
+
+Daily retraining of the campaign response model:
+**ingest** (register the landed raw batch) → **validate** (GX contracts, quarantine) →
+**features** → **train** (DVC stages, outputs pushed to S3) → **evaluate** (candidate vs
+champion on the same holdout) → **promote** (only if the gate passed).
+
+Logic lives in `campaignops.pipelines`; this file only wires it.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Param, dag, task
+
+
+@dag(
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["campaignops", "training"],
+    doc_md=__doc__,
+    default_args={"owner": "campaignops", "retries": 0, "execution_timeout": timedelta(minutes=60)},
+    params={"batch": Param(None, type=["null", "string"], description="raw batch id (default: params.yaml data.batch)")},
+)
+def campaign_retrain():
+    @task
+    def ingest(params=None) -> dict:
+        from campaignops.config import load_settings
+        from campaignops.pipelines.ingest import ingest
+
+        return ingest(load_settings(), batch=params.get("batch"))
+
+    @task
+    def dvc_stage(stage: str) -> dict:
+        from campaignops.config import load_settings
+        from campaignops.pipelines.versioning import repro
+
+        return repro(load_settings(), stage)
+
+    @task
+    def evaluate() -> dict:
+        from campaignops.config import load_settings
+        from campaignops.pipelines.evaluate import run
+
+        report = run(load_settings())
+        return {k: report[k] for k in ("passed", "reasons", "candidate", "champion_version")}
+
+    @task
+    def promote() -> dict:
+        from campaignops.config import load_settings
+        from campaignops.pipelines.promote import run
+
+        return run(load_settings())
+
+    validate = dvc_stage.override(task_id="validate")("validate")
+    features = dvc_stage.override(task_id="features")("features")
+    train = dvc_stage.override(task_id="train")("train")
+    ingest() >> validate >> features >> train >> evaluate() >> promote()
+
+
+campaign_retrain()

@@ -1,0 +1,1 @@
+"""The embedded local stack: SeaweedFS (S3), MLflow and Airflow processes."""

@@ -1,0 +1,1 @@
+"""Model architectures, the MLflow pyfunc wrapper and evaluation metrics."""

@@ -1,0 +1,1 @@
+"""Pipeline steps as plain functions, shared by the CLI, DVC stages and Airflow tasks."""

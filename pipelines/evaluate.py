@@ -1,0 +1,162 @@
+"""Evaluates the candidate model and the current champion on the same holdout (response AUC,
+log loss, per-variant Qini, policy value by IPS and, on synthetic data, against the oracle)
+and decides whether the candidate may be promoted."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from campaignops.config import Settings
+from campaignops.pipelines import layout
+from campaignops.pipelines.storage import write_json
+from campaignops.validation.contract import CONTROL
+
+
+def arm_matrix(frame: pd.DataFrame, values: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """Pivot per (exposure, arm) values into [n_exposures, n_slots]: treatment arms in variant
+    order, control in the last slot, NaN where a campaign has fewer arms. Also returns the
+    arm id held by each slot, indexed by exposure_id (sorted)."""
+    df = frame[["exposure_id", "arm_id"]].copy()
+    df["value"] = values
+    is_control = (df["arm_id"] == CONTROL).to_numpy()
+    slot = np.zeros(len(df), dtype=np.int64)
+    slot[~is_control] = df[~is_control].groupby("exposure_id").cumcount().to_numpy()
+    n_slots = int(slot[~is_control].max()) + 2
+    slot[is_control] = n_slots - 1
+    df["slot"] = slot
+    wide = df.pivot(index="exposure_id", columns="slot", values="value").reindex(columns=range(n_slots))
+    arms = df.pivot(index="exposure_id", columns="slot", values="arm_id").reindex(columns=range(n_slots))
+    return arms, wide.to_numpy(dtype=np.float64)
+
+
+def holdout_metrics(expanded: pd.DataFrame, p: np.ndarray, truth: pd.DataFrame | None) -> dict:
+    """All holdout metrics for one model's per-arm predictions `p` (aligned with `expanded`)."""
+    from campaignops.models import metrics as m
+
+    arms, P = arm_matrix(expanded, p)
+    exposures = expanded.drop_duplicates("exposure_id").set_index("exposure_id").loc[arms.index]
+    logged = exposures["variant_id"].to_numpy()
+    y = exposures["responded"].to_numpy().astype(float)
+    arm_ids = arms.to_numpy()
+    logged_slot = np.argmax(arm_ids == logged[:, None], axis=1)
+    rows = np.arange(len(y))
+    p_logged = P[rows, logged_slot]
+    control = P[:, -1]
+
+    out = {"holdout_rows": int(len(y)), "auc": m.auc(y, p_logged), "logloss": m.log_loss(y, p_logged),
+           "ece": m.ece(y, p_logged)}
+
+    # Qini per treatment slot on {that slot, control}, then the mean.
+    qinis = []
+    for s in range(P.shape[1] - 1):
+        sel = (logged_slot == s) | (arm_ids[rows, logged_slot] == CONTROL)
+        sel &= ~np.isnan(P[:, s])
+        treat = (logged_slot[sel] == s).astype(int)
+        if treat.min() != treat.max():
+            qinis.append(m.qini_auc_score(y[sel], P[sel, s] - control[sel], treat))
+    out["qini"] = float(np.mean(qinis)) if qinis else float("nan")
+
+    # Policy: best arm by predicted response (control = no send).
+    chosen = np.nanargmax(P, axis=1)
+    propensity = (exposures.groupby(["campaign_id", "variant_id"])["responded"].transform("size")
+                  / exposures.groupby("campaign_id")["responded"].transform("size")).to_numpy()
+    chosen_ids = arm_ids[rows, chosen]
+    out["policy_value_ips"] = m.snips_policy_value(chosen_ids, logged, y, propensity)
+    out["control_value_ips"] = m.snips_policy_value(np.full(len(y), CONTROL, dtype=object), logged, y, propensity)
+    out["send_share"] = float(np.mean(chosen_ids != CONTROL))
+
+    if truth is not None:
+        t = expanded[["exposure_id", "arm_id"]].merge(
+            truth.rename(columns={"variant_id": "arm_id"})[["exposure_id", "arm_id", "p_response"]],
+            on=["exposure_id", "arm_id"], how="left")
+        _, T = arm_matrix(expanded, t["p_response"].to_numpy())
+        oracle = float(np.nanmean(np.nanmax(T, axis=1)))
+        control_true = float(np.mean(T[:, -1]))
+        policy_true = float(np.mean(T[rows, chosen]))
+        out.update({"policy_value_true": policy_true, "oracle_value": oracle, "control_value_true": control_true,
+                    "policy_value_fraction": m.fraction_of_oracle(policy_true, control_true, oracle),
+                    "policy_to_oracle_ratio": policy_true / oracle})
+    return out
+
+
+def load_holdout(settings: Settings) -> tuple[pa.Table, pd.DataFrame, pd.DataFrame | None]:
+    from campaignops.pipelines.train import load_split
+
+    fdir = settings.workspace / layout.FEATURES_DIR
+    expanded = load_split(settings, "holdout", every_arm=True)
+    frame = expanded.select(["exposure_id", "campaign_id", "variant_id", "arm_id", "responded"]).to_pandas()
+    truth = pq.read_table(fdir / "truth.parquet").to_pandas() if (fdir / "truth.parquet").exists() else None
+    return expanded, frame, truth
+
+
+def predict_expanded(python_model, expanded: pa.Table) -> np.ndarray:
+    from campaignops.models.inputs import encode
+
+    # The expanded frame's arm attributes must be those of `arm_id`, which attach_arms provides.
+    p, _ = python_model.predict_arrays(encode(expanded, python_model.meta))
+    return p
+
+
+def gate(candidate: dict, champion: dict | None, thresholds: dict) -> tuple[bool, list[str]]:
+    """Absolute thresholds via MLflow's validator; the champion check allows a small tolerance
+    (MLflow's baseline checks can only demand a strictly positive improvement, which would
+    block re-promoting an unchanged model)."""
+    import mlflow
+    from mlflow.models import MetricThreshold
+    from mlflow.models.evaluation.base import EvaluationResult
+
+    checks = {"auc": MetricThreshold(threshold=thresholds["min_auc"], greater_is_better=True),
+              "logloss": MetricThreshold(threshold=thresholds["max_logloss"], greater_is_better=False),
+              "qini": MetricThreshold(threshold=thresholds["min_qini"], greater_is_better=True)}
+    if "policy_value_fraction" in candidate:
+        checks["policy_value_fraction"] = MetricThreshold(
+            threshold=thresholds["min_policy_value_fraction"], greater_is_better=True)
+    reasons: list[str] = []
+    for name, check in checks.items():
+        try:
+            mlflow.validate_evaluation_results({name: check}, EvaluationResult({name: candidate[name]}, {}))
+        except Exception as exc:  # ModelValidationFailedException
+            reasons.append(str(exc).strip().splitlines()[0])
+    if champion is not None:
+        key = "policy_value_true" if "policy_value_true" in candidate else "policy_value_ips"
+        if candidate[key] < champion[key] - thresholds["champion_tolerance"]:
+            reasons.append(f"{key} {candidate[key]:.4f} trails the champion's {champion[key]:.4f} "
+                           f"by more than {thresholds['champion_tolerance']}")
+    return not reasons, reasons
+
+
+def run(settings: Settings) -> dict:
+    from campaignops.pipelines import tracking
+
+    mlflow = tracking.configure(settings)
+    ws = settings.workspace
+    record = json.loads((ws / layout.MODEL_DIR / "run.json").read_text())
+    model_name = settings.params["train"]["model_name"]
+    expanded, frame, truth = load_holdout(settings)
+
+    candidate_model = mlflow.pyfunc.load_model(record["model_uri"]).unwrap_python_model()
+    candidate = holdout_metrics(frame, predict_expanded(candidate_model, expanded), truth)
+
+    champion, champion_version = None, None
+    client = mlflow.MlflowClient()
+    try:
+        mv = client.get_model_version_by_alias(model_name, "champion")
+        champion_version = mv.version
+        champ_model = mlflow.pyfunc.load_model(f"models:/{model_name}@champion").unwrap_python_model()
+        champion = holdout_metrics(frame, predict_expanded(champ_model, expanded), truth)
+    except mlflow.exceptions.MlflowException as exc:
+        if "RESOURCE_DOES_NOT_EXIST" not in str(exc) and "not found" not in str(exc).lower():
+            raise
+    passed, reasons = gate(candidate, champion, settings.params["evaluate"])
+    with mlflow.start_run(run_id=record["run_id"]):
+        mlflow.log_metrics({f"holdout_{k}": v for k, v in candidate.items() if np.isfinite(v)})
+        mlflow.set_tag("gate.passed", str(passed))
+    report = {"run_id": record["run_id"], "model_uri": record["model_uri"], "candidate": candidate,
+              "champion": champion, "champion_version": champion_version, "passed": passed,
+              "reasons": reasons, "thresholds": settings.params["evaluate"]}
+    write_json(ws / layout.REPORTS_DIR / "evaluation.json", report)
+    return report

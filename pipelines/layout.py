@@ -1,0 +1,37 @@
+"""Where each step's inputs and outputs live: S3 keys and workspace paths, in one place."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def raw_prefix(batch: str, table: str) -> str:
+    return f"raw/{batch}/{table}/"
+
+
+def raw_manifest_key(batch: str) -> str:
+    """Written last by a producer: a batch without it is incomplete and is not read."""
+    return f"raw/{batch}/_manifest.json"
+
+
+def truth_prefix(batch: str) -> str:
+    return f"raw/{batch}/_truth/"
+
+
+def quarantine_prefix(table: str, batch: str) -> str:
+    return f"quarantine/{table}/{batch}/"
+
+
+def validation_prefix(batch: str, run_id: str) -> str:
+    return f"validation/{batch}/{run_id}/"
+
+
+def scores_prefix(campaign_id: str, run_id: str) -> str:
+    return f"scores/{campaign_id}/{run_id}/"
+
+
+# Workspace paths (relative to the workspace root); DVC tracks the data/ ones.
+RAW_MANIFEST = Path("data/raw_manifest.json")
+VALIDATED_DIR = Path("data/validated")
+FEATURES_DIR = Path("data/features")
+MODEL_DIR = Path("data/model")
+REPORTS_DIR = Path("reports")

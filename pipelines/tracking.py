@@ -1,0 +1,37 @@
+"""MLflow wiring shared by train, evaluate, promote and score: tracking URI, experiment,
+pinned model requirements and the git revision for audit tags."""
+from __future__ import annotations
+
+import subprocess
+from importlib.metadata import version
+
+from campaignops.config import Settings, apply_env
+
+EXPERIMENT = "campaignops"
+MODEL_REQUIREMENTS = ("tensorflow-cpu", "keras", "mlflow", "numpy", "pandas", "pyarrow")
+
+
+def configure(settings: Settings):
+    """Point MLflow at the stack's tracking server and return the module."""
+    apply_env(settings)
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    mlflow.set_experiment(EXPERIMENT)
+    return mlflow
+
+
+def pip_requirements() -> list[str]:
+    """Exact versions of what the pyfunc model needs (inferring them costs ~20 s)."""
+    return [f"{name}=={version(name)}" for name in MODEL_REQUIREMENTS]
+
+
+def git_revision(settings: Settings) -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=settings.workspace, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=settings.workspace,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

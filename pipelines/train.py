@@ -1,0 +1,128 @@
+"""The DVC `train` stage: fits the campaign response network on data/features, saves it to
+data/model and logs params, metrics, dataset hashes and the pyfunc model to MLflow."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from campaignops.config import Settings
+from campaignops.pipelines import layout
+from campaignops.pipelines.features import attach_arms
+from campaignops.pipelines.storage import atomic_dir, sha256_file, write_json
+
+
+def load_split(settings: Settings, split: str, every_arm: bool = False):
+    fdir = settings.workspace / layout.FEATURES_DIR
+    rows = pq.read_table(fdir / f"{split}.parquet")
+    arms = pq.read_table(fdir / "arms.parquet")
+    return attach_arms(rows, arms, "exposure_id", every_arm)
+
+
+def seed_everything(seed: int) -> None:
+    import keras
+    import tensorflow as tf
+
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    keras.utils.set_random_seed(seed)
+    try:
+        tf.config.experimental.enable_op_determinism()
+    except Exception:  # already initialized in this process
+        pass
+
+
+def run(settings: Settings) -> dict:
+    import keras
+
+    from campaignops.models.inputs import encode
+    from campaignops.models.metrics import auc, log_loss
+    from campaignops.models.pyfunc import CampaignResponseModel
+    from campaignops.models.uplift_net import build_model
+    from campaignops.pipelines import tracking
+
+    params = settings.params["train"]
+    ws = settings.workspace
+    fdir = ws / layout.FEATURES_DIR
+    meta = json.loads((fdir / "meta.json").read_text())
+    seed_everything(int(params["seed"]))
+
+    train, valid = load_split(settings, "train"), load_split(settings, "valid")
+    x_train, x_valid = encode(train, meta), encode(valid, meta)
+    y_train = train.column("responded").to_numpy().astype(np.float32)
+    y_valid = valid.column("responded").to_numpy().astype(np.float32)
+    rev_train = train.column("revenue").to_numpy()
+    revenue_scale = float(rev_train[rev_train > 0].mean()) if (rev_train > 0).any() else 1.0
+    meta = {**meta, "revenue_scale": revenue_scale}
+
+    model = build_model(meta, params, x_train["profile"].shape[1], x_train["variant"].shape[1])
+    model.get_layer("profile_norm").adapt(x_train["profile"])
+    t0 = time.perf_counter()
+    history = model.fit(
+        x_train,
+        {"response": y_train, "revenue": (rev_train / revenue_scale).astype(np.float32)},
+        validation_data=(x_valid, {"response": y_valid,
+                                   "revenue": (valid.column("revenue").to_numpy() / revenue_scale).astype(np.float32)}),
+        epochs=int(params["epochs"]),
+        batch_size=int(params["batch_size"]),
+        callbacks=[keras.callbacks.EarlyStopping(monitor="val_response_auc", mode="max", patience=2,
+                                                 restore_best_weights=True)],
+        shuffle=True,
+        verbose=2,
+    )
+    train_seconds = time.perf_counter() - t0
+    p_valid = model.predict(x_valid, batch_size=4096, verbose=0)[0][:, 0]
+    metrics = {
+        "valid_auc": auc(y_valid, p_valid),
+        "valid_logloss": log_loss(y_valid, p_valid),
+        "train_seconds": train_seconds,
+        "train_rows_per_s": len(y_train) * len(history.history["loss"]) / train_seconds,
+        "train_rows": len(y_train),
+        "epochs_run": len(history.history["loss"]),
+    }
+
+    mlflow = tracking.configure(settings)
+    out_dir = ws / layout.MODEL_DIR
+    with atomic_dir(out_dir) as tmp:
+        keras_path, meta_path = tmp / "model.keras", tmp / "meta.json"
+        model.save(keras_path)
+        meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        with mlflow.start_run() as run:
+            mlflow.log_params({f"train.{k}": v for k, v in params.items()})
+            mlflow.log_params({"features.seq_len": meta["seq_len"], "data.batch": meta.get("batch")})
+            mlflow.set_tags({f"dataset.{name}.sha256": sha256_file(fdir / name)
+                             for name in ("train.parquet", "valid.parquet", "holdout.parquet", "arms.parquet")})
+            mlflow.set_tag("git_sha", tracking.git_revision(settings))
+            for epoch, (loss, val_auc) in enumerate(zip(history.history["loss"],
+                                                        history.history["val_response_auc"])):
+                mlflow.log_metrics({"epoch_loss": loss, "epoch_val_auc": val_auc}, step=epoch)
+            mlflow.log_metrics(metrics)
+            example = valid.slice(0, 5).select(["seq_tokens", *meta["profile_cols"], "is_control", "type",
+                                                "discount_rate", "channel", "target_category",
+                                                "cost_per_send"]).to_pandas()
+            example["seq_tokens"] = example["seq_tokens"].map(lambda v: np.asarray(v, dtype=np.int32))
+            from mlflow.models import infer_signature
+
+            signature = infer_signature(example, model_output_frame(model, encode(valid.slice(0, 5), meta), meta))
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=CampaignResponseModel(),
+                artifacts={"keras_model": str(keras_path), "meta": str(meta_path)},
+                signature=signature,
+                pip_requirements=tracking.pip_requirements(),
+            )
+        record = {"run_id": run.info.run_id, "model_uri": info.model_uri,
+                  "experiment_id": run.info.experiment_id, "metrics": metrics}
+        write_json(tmp / "run.json", record)
+    write_json(ws / layout.REPORTS_DIR / "train_metrics.json", metrics)
+    return record
+
+
+def model_output_frame(model, inputs, meta):
+    import pandas as pd
+
+    response, revenue = model.predict(inputs, verbose=0)
+    return pd.DataFrame({"p_response": response[:, 0].astype(np.float64),
+                         "expected_revenue": revenue[:, 0].astype(np.float64) * meta["revenue_scale"]})

@@ -1,0 +1,1 @@
+"""Data contracts (Great Expectations suites) and the quarantine gate for raw tables."""

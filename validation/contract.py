@@ -1,0 +1,80 @@
+"""The raw data contract: tables, columns, types and allowed values every source must meet."""
+from __future__ import annotations
+
+import pyarrow as pa
+
+EVENT_TYPES = ("browse", "cart", "purchase", "review")
+CAMPAIGN_TYPES = ("discount", "coupon", "free_shipping", "bundle")
+CHANNELS = ("email", "sms", "push", "app")
+GENDERS = ("F", "M", "U")
+CONTROL = "control"  # variant_id of the no-send arm in exposures
+
+TS = pa.timestamp("ms")
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "users": pa.schema(
+        [
+            ("user_id", pa.string()),
+            ("age", pa.int32()),
+            ("gender", pa.string()),
+            ("region", pa.string()),
+            ("occupation", pa.string()),
+            ("signup_ts", TS),
+        ]
+    ),
+    "events": pa.schema(
+        [
+            ("event_id", pa.string()),
+            ("user_id", pa.string()),
+            ("event_type", pa.string()),
+            ("category", pa.string()),
+            ("price", pa.float64()),
+            ("ts", TS),
+        ]
+    ),
+    "campaigns": pa.schema(
+        [
+            ("campaign_id", pa.string()),
+            ("variant_id", pa.string()),
+            ("type", pa.string()),
+            ("discount_rate", pa.float64()),
+            ("channel", pa.string()),
+            ("target_category", pa.string()),
+            ("cost_per_send", pa.float64()),
+            ("start_ts", TS),
+            ("end_ts", TS),
+        ]
+    ),
+    "exposures": pa.schema(
+        [
+            ("exposure_id", pa.string()),
+            ("user_id", pa.string()),
+            ("campaign_id", pa.string()),
+            ("variant_id", pa.string()),  # CONTROL for the randomized no-send arm
+            ("exposure_ts", TS),
+            ("responded", pa.int8()),
+            ("revenue", pa.float64()),
+        ]
+    ),
+}
+
+PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
+    "users": ("user_id",),
+    "events": ("event_id",),
+    "campaigns": ("campaign_id", "variant_id"),
+    "exposures": ("exposure_id",),
+}
+
+TABLES = tuple(SCHEMAS)
+
+# Ground truth written beside synthetic data only (never validated, never a model input).
+TRUTH_SCHEMA = pa.schema(
+    [
+        ("exposure_id", pa.string()),  # null for rows of the upcoming (scoring) campaign
+        ("user_id", pa.string()),
+        ("campaign_id", pa.string()),
+        ("variant_id", pa.string()),
+        ("p_response", pa.float64()),
+        ("expected_revenue", pa.float64()),
+    ]
+)
