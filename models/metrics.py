@@ -1,0 +1,467 @@
+"""Evaluation metrics for campaign response and multi-variant uplift models.
+
+Pure numpy: every function takes array-likes, converts them with ``np.asarray``
+and returns plain Python floats (scalars) or numpy arrays.
+
+Conventions
+-----------
+* Binary labels (``y``) and treatment flags (``treatment``) must contain only
+  0/1 (bool is fine).  Invalid input (empty arrays, length mismatch, non-finite
+  values, probabilities outside [0, 1], a single class where the metric needs
+  both) raises ``ValueError`` with a message naming the argument.
+* The uplift metrics (``qini_curve``, ``qini_auc_score``, ``uplift_curve``,
+  ``uplift_auc_score``, ``uplift_at_k``) reproduce scikit-uplift 0.5.1
+  (``sklift.metrics``) exactly, including its tie handling and curve points.
+  Where sklift silently returns nan/inf for a degenerate normalisation
+  (perfect-curve area equal to the baseline area) we raise ``ValueError``.
+"""
+from __future__ import annotations
+
+from typing import Hashable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "auc",
+    "log_loss",
+    "ece",
+    "reliability_curve",
+    "qini_curve",
+    "perfect_qini_curve",
+    "qini_auc_score",
+    "uplift_curve",
+    "perfect_uplift_curve",
+    "uplift_auc_score",
+    "uplift_at_k",
+    "qini_multi",
+    "ips_policy_value",
+    "snips_policy_value",
+    "oracle_policy_value",
+    "policy_value_under_truth",
+    "fraction_of_oracle",
+    "revenue_rmse",
+    "budgeted_choice",
+]
+
+
+# --------------------------------------------------------------------------- #
+# validation helpers
+# --------------------------------------------------------------------------- #
+def _vector(x, name: str, *, allow_empty: bool = False) -> np.ndarray:
+    """Return ``x`` as a finite 1-D float64 array."""
+    a = np.asarray(x)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
+    if a.size == 0 and not allow_empty:
+        raise ValueError(f"{name} is empty")
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be numeric or bool, got dtype {a.dtype}")
+    a = a.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return a
+
+
+def _binary(x, name: str, *, both_classes: bool) -> np.ndarray:
+    """Return ``x`` as a 1-D float64 array of 0/1, optionally requiring both values."""
+    a = _vector(x, name)
+    is_one = a == 1.0
+    is_zero = a == 0.0
+    if not np.all(is_one | is_zero):
+        raise ValueError(f"{name} must contain only 0 and 1, got values {np.unique(a)[:10]}")
+    if both_classes:
+        n_one = int(is_one.sum())
+        if n_one == 0 or n_one == a.size:
+            raise ValueError(
+                f"{name} contains a single class ({int(a[0])}); both 0 and 1 are required"
+            )
+    return a
+
+
+def _same_length(**arrays: np.ndarray) -> int:
+    lengths = {k: len(v) for k, v in arrays.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"inconsistent lengths: {lengths}")
+    return next(iter(lengths.values()))
+
+
+def _probability(p, name: str = "p") -> np.ndarray:
+    a = _vector(p, name)
+    if np.any(a < 0.0) or np.any(a > 1.0):
+        raise ValueError(f"{name} must lie in [0, 1]")
+    return a
+
+
+def _trapezoid(x: np.ndarray, y: np.ndarray) -> float:
+    """Trapezoidal area under the piecewise-linear curve through (x, y)."""
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1])) / 2.0)
+
+
+# --------------------------------------------------------------------------- #
+# binary classification / calibration
+# --------------------------------------------------------------------------- #
+def auc(y, p) -> float:
+    """ROC AUC of scores ``p`` for binary labels ``y`` (ties count 1/2); ValueError if ``y`` has one class."""
+    y = _binary(y, "y", both_classes=True)
+    p = _vector(p, "p")
+    _same_length(y=y, p=p)
+    order = np.argsort(p, kind="mergesort")
+    ps = p[order]
+    # average (1-based) rank of each tie block
+    starts = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])
+    ends = np.r_[starts[1:], ps.size]
+    block_rank = (starts + ends + 1) / 2.0
+    ranks = np.repeat(block_rank, ends - starts)
+    n_pos = float(y.sum())
+    n_neg = float(y.size) - n_pos
+    rank_sum_pos = float(np.dot(ranks, y[order]))
+    return (rank_sum_pos - n_pos * (n_pos + 1.0) / 2.0) / (n_pos * n_neg)
+
+
+def log_loss(y, p, eps: float = 1e-15) -> float:
+    """Mean binary cross-entropy of probabilities ``p`` (clipped to [eps, 1-eps]) for labels ``y``."""
+    y = _binary(y, "y", both_classes=False)
+    p = _probability(p)
+    _same_length(y=y, p=p)
+    if not 0.0 < eps < 0.5:
+        raise ValueError(f"eps must be in (0, 0.5), got {eps}")
+    p = np.clip(p, eps, 1.0 - eps)
+    return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log(1.0 - p)))
+
+
+def _bin_ids(p: np.ndarray, n_bins: int) -> np.ndarray:
+    # Same convention as sklearn.calibration.calibration_curve(strategy="uniform"):
+    # n_bins equal-width bins on [0, 1], right-closed, the first one also holding 0.
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
+    edges = np.linspace(0.0, 1.0, int(n_bins) + 1)
+    return np.searchsorted(edges[1:-1], p, side="left")
+
+
+def reliability_curve(y, p, n_bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width bin of ``p``: (mean predicted, observed positive rate, count); NaN for empty bins."""
+    y = _binary(y, "y", both_classes=False)
+    p = _probability(p)
+    _same_length(y=y, p=p)
+    ids = _bin_ids(p, n_bins)
+    counts = np.bincount(ids, minlength=n_bins).astype(np.int64)
+    sum_p = np.bincount(ids, weights=p, minlength=n_bins)
+    sum_y = np.bincount(ids, weights=y, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p = np.where(counts > 0, sum_p / counts, np.nan)
+        rate = np.where(counts > 0, sum_y / counts, np.nan)
+    return mean_p, rate, counts
+
+
+def ece(y, p, n_bins: int = 10) -> float:
+    """Expected calibration error: sum over non-empty bins of (count/n) * |mean p - positive rate|."""
+    mean_p, rate, counts = reliability_curve(y, p, n_bins)
+    nz = counts > 0
+    return float(np.sum(counts[nz] * np.abs(mean_p[nz] - rate[nz])) / counts.sum())
+
+
+# --------------------------------------------------------------------------- #
+# single-treatment uplift metrics (scikit-uplift definitions)
+# --------------------------------------------------------------------------- #
+def _uplift_inputs(y, uplift, treatment) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    y = _binary(y, "y", both_classes=True)
+    t = _binary(treatment, "treatment", both_classes=True)
+    u = _vector(uplift, "uplift")
+    _same_length(y=y, uplift=u, treatment=t)
+    return y, u, t
+
+
+def _cumulative_counts(y, uplift, t):
+    """Cumulative (n_all, n_trmnt, y_trmnt, n_ctrl, y_ctrl) at each distinct-score threshold, best first."""
+    order = np.argsort(uplift, kind="mergesort")[::-1]
+    y, u, t = y[order], uplift[order], t[order]
+    thresholds = np.r_[np.flatnonzero(np.diff(u)), u.size - 1]
+    n_trmnt = np.cumsum(t, dtype=np.float64)[thresholds]
+    y_trmnt = np.cumsum(y * t, dtype=np.float64)[thresholds]
+    y_ctrl = np.cumsum(y * (1.0 - t), dtype=np.float64)[thresholds]
+    n_all = thresholds + 1
+    n_ctrl = n_all - n_trmnt
+    return n_all, n_trmnt, y_trmnt, n_ctrl, y_ctrl
+
+
+def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.divide(a, b, out=np.zeros_like(a, dtype=np.float64), where=b != 0)
+
+
+def _start_at_origin(x: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if x.size == 0 or v[0] != 0 or x[0] != 0:
+        return np.r_[0, x], np.r_[0.0, v]
+    return x, v
+
+
+def _qini_curve(y, u, t):
+    n_all, n_t, y_t, n_c, y_c = _cumulative_counts(y, u, t)
+    return _start_at_origin(n_all, y_t - y_c * _safe_div(n_t, n_c))
+
+
+def _uplift_curve(y, u, t):
+    n_all, n_t, y_t, n_c, y_c = _cumulative_counts(y, u, t)
+    return _start_at_origin(n_all, (_safe_div(y_t, n_t) - _safe_div(y_c, n_c)) * n_all)
+
+
+def qini_curve(y, uplift, treatment) -> tuple[np.ndarray, np.ndarray]:
+    """Qini curve (x = number targeted, Y_t - Y_c * N_t/N_c) at each distinct uplift threshold; as sklift."""
+    return _qini_curve(*_uplift_inputs(y, uplift, treatment))
+
+
+def uplift_curve(y, uplift, treatment) -> tuple[np.ndarray, np.ndarray]:
+    """Uplift curve (x = number targeted, (rate_t - rate_c) * x) at each distinct threshold; as sklift."""
+    return _uplift_curve(*_uplift_inputs(y, uplift, treatment))
+
+
+def _perfect_qini(y, t, negative_effect: bool):
+    if negative_effect:
+        return _qini_curve(y, y * t - y * (1.0 - t), t)
+    n_t, n_c = t.sum(), (1.0 - t).sum()
+    ratio_random = float((y * t).sum() - n_t * (y * (1.0 - t)).sum() / n_c)
+    if ratio_random < 0:
+        # sklift's curve would be non-monotone in x (sklearn.metrics.auc raises too)
+        raise ValueError(
+            "negative_effect=False is undefined when the overall treatment effect is negative "
+            f"(random-targeting Qini end point {ratio_random:.6g} < 0)"
+        )
+    return np.array([0.0, ratio_random, float(y.size)]), np.array([0.0, ratio_random, ratio_random])
+
+
+def _perfect_uplift(y, t):
+    cr_num = np.sum((y == 1) & (t == 0))  # control responders
+    tn_num = np.sum((y == 0) & (t == 1))  # treated non-responders
+    summand = y if cr_num > tn_num else t
+    return _uplift_curve(y, 2.0 * (y == t) + summand, t)
+
+
+def perfect_qini_curve(y, treatment, negative_effect: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Qini curve of the best possible ranking (sklift's ``perfect_qini_curve``)."""
+    y = _binary(y, "y", both_classes=True)
+    t = _binary(treatment, "treatment", both_classes=True)
+    _same_length(y=y, treatment=t)
+    return _perfect_qini(y, t, bool(negative_effect))
+
+
+def perfect_uplift_curve(y, treatment) -> tuple[np.ndarray, np.ndarray]:
+    """Uplift curve of the best possible ranking (sklift's ``perfect_uplift_curve``)."""
+    y = _binary(y, "y", both_classes=True)
+    t = _binary(treatment, "treatment", both_classes=True)
+    _same_length(y=y, treatment=t)
+    return _perfect_uplift(y, t)
+
+
+def _normalised_area(actual, perfect) -> float:
+    x_a, v_a = actual
+    x_p, v_p = perfect
+    baseline = _trapezoid(np.array([0.0, x_p[-1]]), np.array([0.0, v_p[-1]]))
+    perfect_area = _trapezoid(x_p, v_p) - baseline
+    if perfect_area == 0:
+        raise ValueError("the perfect curve has the same area as random targeting; score undefined")
+    return (_trapezoid(x_a, v_a) - baseline) / perfect_area
+
+
+def qini_auc_score(y, uplift, treatment, negative_effect: bool = True) -> float:
+    """Qini coefficient: (model area - random area) / (perfect area - random area), as sklift."""
+    if not isinstance(negative_effect, (bool, np.bool_)):
+        raise TypeError(f"negative_effect must be bool, got {type(negative_effect)}")
+    y, u, t = _uplift_inputs(y, uplift, treatment)
+    return _normalised_area(_qini_curve(y, u, t), _perfect_qini(y, t, bool(negative_effect)))
+
+
+def uplift_auc_score(y, uplift, treatment) -> float:
+    """Normalised AUUC: (model area - random area) / (perfect area - random area) of the uplift curve, as sklift."""
+    y, u, t = _uplift_inputs(y, uplift, treatment)
+    return _normalised_area(_uplift_curve(y, u, t), _perfect_uplift(y, t))
+
+
+def uplift_at_k(y, uplift, treatment, k: float | int = 0.3, strategy: str = "overall") -> float:
+    """Response rate treated minus control among the top-k by uplift (sklift semantics; nan if a group is empty)."""
+    y, u, t = _uplift_inputs(y, uplift, treatment)
+    if strategy not in ("overall", "by_group"):
+        raise ValueError(f"strategy must be 'overall' or 'by_group', got {strategy!r}")
+    n = y.size
+    kind = np.asarray(k).dtype.kind
+    if isinstance(k, (bool, np.bool_)) or kind not in "iuf":
+        raise ValueError(f"k must be an int or a float, got {k!r}")
+    if (kind in "iu" and not 0 < k < n) or (kind == "f" and not 0.0 < k < 1.0):
+        raise ValueError(
+            f"k={k} should be either a positive int smaller than the number of samples {n} "
+            "or a float in the (0, 1) range"
+        )
+    order = np.argsort(u, kind="mergesort")[::-1]
+    ys, ts = y[order], t[order]
+
+    def _mean(a: np.ndarray) -> float:
+        return float(a.mean()) if a.size else float("nan")
+
+    if strategy == "overall":
+        size = int(n * k) if kind == "f" else int(k)
+        top_y, top_t = ys[:size], ts[:size]
+        return _mean(top_y[top_t == 1]) - _mean(top_y[top_t == 0])
+    n_ctrl_total, n_trmnt_total = int((t == 0).sum()), int((t == 1).sum())
+    if kind == "f":
+        n_ctrl, n_trmnt = int(n_ctrl_total * k), int(n_trmnt_total * k)
+    else:
+        n_ctrl = n_trmnt = int(k)
+    if n_ctrl > n_ctrl_total or n_trmnt > n_trmnt_total:
+        raise ValueError(f"k={k} exceeds the size of the control ({n_ctrl_total}) "
+                         f"or treatment ({n_trmnt_total}) group")
+    return _mean(ys[ts == 1][:n_trmnt]) - _mean(ys[ts == 0][:n_ctrl])
+
+
+# --------------------------------------------------------------------------- #
+# multi-treatment
+# --------------------------------------------------------------------------- #
+def qini_multi(y, uplift_matrix, arm, arms: Sequence[Hashable], control: Hashable,
+               negative_effect: bool = True) -> tuple[dict, float]:
+    """Per-arm Qini coefficient on rows {arm, control} using that arm's uplift column; returns (per_arm, mean)."""
+    arm = np.asarray(arm)
+    um = np.asarray(uplift_matrix)
+    arms = list(arms)
+    if arm.ndim != 1:
+        raise ValueError(f"arm must be 1-D, got shape {arm.shape}")
+    if um.ndim != 2 or um.shape[1] != len(arms):
+        raise ValueError(f"uplift_matrix must have shape (n, {len(arms)}), got {um.shape}")
+    if not arms:
+        raise ValueError("arms is empty")
+    if control in arms:
+        raise ValueError(f"control {control!r} must not be one of the treatment arms")
+    y = _vector(y, "y")
+    _same_length(y=y, arm=arm, uplift_matrix=um)
+    is_ctrl = arm == control
+    per_arm: dict = {}
+    for j, a in enumerate(arms):
+        rows = is_ctrl | (arm == a)
+        try:
+            per_arm[a] = qini_auc_score(y[rows], um[rows, j], (arm[rows] == a).astype(np.float64),
+                                        negative_effect=negative_effect)
+        except ValueError as exc:
+            raise ValueError(f"arm {a!r} vs control {control!r}: {exc}") from exc
+    return per_arm, float(np.mean(list(per_arm.values())))
+
+
+# --------------------------------------------------------------------------- #
+# off-policy / policy value
+# --------------------------------------------------------------------------- #
+def _ips_weights(chosen_arm, logged_arm, reward, propensity):
+    chosen, logged = np.asarray(chosen_arm), np.asarray(logged_arm)
+    if chosen.ndim != 1 or logged.ndim != 1:
+        raise ValueError("chosen_arm and logged_arm must be 1-D")
+    r = _vector(reward, "reward")
+    prop = _vector(propensity, "propensity")
+    _same_length(chosen_arm=chosen, logged_arm=logged, reward=r, propensity=prop)
+    if np.any(prop <= 0.0) or np.any(prop > 1.0):
+        raise ValueError("propensity must lie in (0, 1]")
+    return (chosen == logged) / prop, r
+
+
+def ips_policy_value(chosen_arm, logged_arm, reward, propensity) -> float:
+    """Inverse-propensity estimate of a policy's mean reward: mean(1[chosen == logged] * reward / propensity)."""
+    w, r = _ips_weights(chosen_arm, logged_arm, reward, propensity)
+    return float(np.mean(w * r))
+
+
+def snips_policy_value(chosen_arm, logged_arm, reward, propensity) -> float:
+    """Self-normalised IPS: sum(w * reward) / sum(w), w = 1[chosen == logged] / propensity; ValueError if no match."""
+    w, r = _ips_weights(chosen_arm, logged_arm, reward, propensity)
+    total = w.sum()
+    if total == 0:
+        raise ValueError("no logged action matches the policy's choice; SNIPS is undefined")
+    return float(np.sum(w * r) / total)
+
+
+def _value_matrix(true_value_matrix) -> np.ndarray:
+    m = np.asarray(true_value_matrix, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] == 0 or m.shape[1] == 0:
+        raise ValueError(f"true_value_matrix must be a non-empty 2-D array, got shape {m.shape}")
+    if not np.all(np.isfinite(m)):
+        raise ValueError("true_value_matrix contains NaN or infinite values")
+    return m
+
+
+def oracle_policy_value(true_value_matrix) -> float:
+    """Mean over rows of the best arm's true value (value of the oracle policy)."""
+    return float(_value_matrix(true_value_matrix).max(axis=1).mean())
+
+
+def policy_value_under_truth(true_value_matrix, chosen_idx, none_value: float | None = None) -> float:
+    """Mean of true_value[row, chosen_idx[row]]; rows with -1 ("no arm") count as ``none_value`` (required then)."""
+    m = _value_matrix(true_value_matrix)
+    idx = np.asarray(chosen_idx)
+    if idx.ndim != 1 or idx.size != m.shape[0]:
+        raise ValueError(f"chosen_idx must be 1-D of length {m.shape[0]}, got shape {idx.shape}")
+    if idx.dtype.kind not in "iu":
+        raise ValueError(f"chosen_idx must be integer, got dtype {idx.dtype}")
+    none = idx == -1
+    if np.any((idx < -1) | (idx >= m.shape[1])):
+        raise ValueError(f"chosen_idx must be in [-1, {m.shape[1] - 1}]")
+    if none.any() and none_value is None:
+        raise ValueError("chosen_idx contains -1 (no arm); pass none_value to value those rows")
+    vals = m[np.arange(m.shape[0]), np.where(none, 0, idx)]
+    if none.any():
+        vals = np.where(none, float(none_value), vals)
+    return float(vals.mean())
+
+
+def fraction_of_oracle(policy: float, control: float, oracle: float) -> float:
+    """Share of the achievable uplift reached: (policy - control) / (oracle - control); 1 = oracle, 0 = control-only."""
+    gap = float(oracle) - float(control)
+    if gap == 0:
+        raise ValueError("oracle value equals control value; fraction of oracle is undefined")
+    return (float(policy) - float(control)) / gap
+
+
+def revenue_rmse(y_true, y_pred) -> float:
+    """Root mean squared error between true and predicted revenue."""
+    a, b = _vector(y_true, "y_true"), _vector(y_pred, "y_pred")
+    _same_length(y_true=a, y_pred=b)
+    return float(np.sqrt(np.mean((a - b) ** 2)))
+
+
+# --------------------------------------------------------------------------- #
+# decision rule
+# --------------------------------------------------------------------------- #
+def budgeted_choice(uplift_value: np.ndarray, cost: np.ndarray, budget: float | None,
+                    min_value: float = 0.0) -> np.ndarray:
+    """Per row pick argmax(value - cost) over arms with value - cost > min_value (else -1), then fill the budget greedily.
+
+    Rule: arms whose net value ``uplift_value - cost[arm]`` is not strictly above
+    ``min_value`` are ineligible (a send must pay for itself); among eligible arms
+    the one with the largest net value is chosen (ties -> lowest arm index).  Rows
+    with no eligible arm get -1.  If ``budget`` is given, eligible rows are ranked by their best
+    net value (descending, ties -> lower row index) and taken in that order while
+    the cumulative cost of their chosen arms stays <= ``budget``; from the first
+    row that would exceed it on, every row gets -1 (a prefix, not a knapsack).
+    Costs must be >= 0.  Returns int64 indices of shape (n,).
+    """
+    v = np.asarray(uplift_value, dtype=np.float64)
+    c = np.asarray(cost, dtype=np.float64)
+    if v.ndim != 2:
+        raise ValueError(f"uplift_value must be 2-D (rows, arms), got shape {v.shape}")
+    if c.ndim != 1 or c.size != v.shape[1]:
+        raise ValueError(f"cost must be 1-D of length {v.shape[1]}, got shape {c.shape}")
+    if v.shape[1] == 0:
+        raise ValueError("uplift_value has no arms")
+    if not (np.all(np.isfinite(v)) and np.all(np.isfinite(c))):
+        raise ValueError("uplift_value and cost must be finite")
+    if np.any(c < 0):
+        raise ValueError("cost must be non-negative")
+    if budget is not None and (not np.isfinite(budget) or budget < 0):
+        raise ValueError(f"budget must be a finite non-negative number or None, got {budget!r}")
+    n = v.shape[0]
+    choice = np.full(n, -1, dtype=np.int64)
+    if n == 0:
+        return choice
+    net = np.where(v - c > min_value, v - c, -np.inf)
+    best = np.argmax(net, axis=1)
+    best_net = net[np.arange(n), best]
+    eligible = np.flatnonzero(best_net > -np.inf)
+    if budget is None:
+        choice[eligible] = best[eligible]
+        return choice
+    order = eligible[np.argsort(-best_net[eligible], kind="stable")]
+    spent = np.cumsum(c[best[order]])
+    taken = order[spent <= budget]  # spent is non-decreasing, so this is a prefix
+    choice[taken] = best[taken]
+    return choice
