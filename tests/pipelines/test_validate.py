@@ -1,0 +1,253 @@
+"""Validate stage on moto S3: clean batch, injected bad rows, thresholds, schema and file errors,
+atomic output."""
+from __future__ import annotations
+
+import io
+import json
+from datetime import datetime, timedelta
+
+import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from moto import mock_aws
+
+from campaignops.pipelines import ingest, layout, validate
+from campaignops.pipelines.storage import ObjectStore
+from campaignops.validation.contract import CONTROL, SCHEMAS
+
+NOW = datetime(2026, 5, 20)
+T0 = datetime(2026, 5, 1)
+BATCH = "t1"
+
+
+def clean_world(n_users: int = 10, events_per_user: int = 4) -> dict[str, list[dict]]:
+    users = [{"user_id": f"u{i}", "age": 20 + i, "gender": "FMU"[i % 3], "region": "r1",
+              "occupation": None if i == 0 else "o1", "signup_ts": T0 - timedelta(days=300 + i)}
+             for i in range(n_users)]
+    types = ("browse", "cart", "purchase", "review")
+    events = [{"event_id": f"e{u}-{k}", "user_id": f"u{u}", "event_type": types[k % 4],
+               "category": None if k == 3 else f"c{k}", "price": 5.0 + k, "ts": T0 + timedelta(hours=u * 5 + k)}
+              for u in range(n_users) for k in range(events_per_user)]
+    campaigns = [{"campaign_id": c, "variant_id": f"{c}-V{v}", "type": "discount", "discount_rate": 0.1 * v,
+                  "channel": "email", "target_category": "c1", "cost_per_send": 0.1,
+                  "start_ts": T0 + timedelta(days=d), "end_ts": T0 + timedelta(days=d + 7)}
+                 for c, d in (("C1", 2), ("C2", 30)) for v in (1, 2)]
+    exposures = [{"exposure_id": f"x{i}", "user_id": f"u{i}", "campaign_id": "C1",
+                  "variant_id": CONTROL if i % 3 == 0 else f"C1-V{1 + i % 2}",
+                  "exposure_ts": T0 + timedelta(days=3, hours=i), "responded": i % 2, "revenue": 10.0 * (i % 2)}
+                 for i in range(n_users)]
+    return {"users": users, "events": events, "campaigns": campaigns, "exposures": exposures}
+
+
+def put_parquet(store: ObjectStore, key: str, rows, schema: pa.Schema) -> None:
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema), buf)
+    store.put_bytes(key, buf.getvalue())
+
+
+def land(store: ObjectStore, world: dict, batch: str = BATCH, parts: int = 2, schemas=None,
+         upcoming: str = "C2") -> dict:
+    """Write a raw batch like the producers do: part files per table, the manifest last."""
+    tables = {}
+    for table, rows in world.items():
+        schema = (schemas or {}).get(table, SCHEMAS[table])
+        chunk = max(1, -(-len(rows) // parts))
+        keys = []
+        for p, start in enumerate(range(0, len(rows), chunk)):
+            key = f"{layout.raw_prefix(batch, table)}part-{p:05d}.parquet"
+            put_parquet(store, key, rows[start:start + chunk], schema)
+            keys.append(key)
+        tables[table] = {"files": keys, "rows": len(rows)}
+    manifest = {"batch": batch, "now": NOW.isoformat(), "upcoming_campaign_id": upcoming, "tables": tables}
+    store.put_json(layout.raw_manifest_key(batch), manifest)
+    return manifest
+
+
+@pytest.fixture
+def s3(workspace, monkeypatch):
+    params = workspace.params
+    params["data"]["batch"] = BATCH
+    with mock_aws():
+        store = ObjectStore(workspace, client=boto3.client("s3", region_name="us-east-1"))
+        store.ensure_bucket()
+        yield workspace, store
+
+
+def run_validate(settings, store, world, **kw):
+    land(store, world, **kw)
+    ingest.ingest(settings, store=store)
+    return validate.run(settings, store=store)
+
+
+def quarantine_rows(store, table, batch=BATCH) -> list[dict]:
+    keys = store.list_keys(layout.quarantine_prefix(table, batch))
+    return [r for k in keys for r in store.read_table(k).to_pylist()]
+
+
+def test_clean_batch_is_all_valid(s3):
+    settings, store = s3
+    world = clean_world()
+    report = run_validate(settings, store, world)
+    assert report["passed"] and report["status"] == "passed"
+    vdir = settings.workspace / layout.VALIDATED_DIR
+    for table, rows in world.items():
+        t = report["tables"][table]
+        assert t["rows_in"] == t["rows_valid"] == len(rows) and t["rows_quarantined"] == 0
+        assert t["gx"]["success"] is True
+        out = pq.read_table(vdir / f"{table}.parquet")
+        assert out.schema.equals(SCHEMAS[table]), table  # contract columns and types only
+        assert out.num_rows == len(rows)
+    assert store.list_keys("quarantine/") == []
+    # reports: local == S3, docs uploaded
+    local = json.loads((settings.workspace / "reports/validation.json").read_text())
+    assert local["run_id"] == report["run_id"]
+    prefix = layout.validation_prefix(BATCH, report["run_id"])
+    assert store.get_json(prefix + "result.json")["run_id"] == report["run_id"]
+    assert local["result_uri"] == store.uri(prefix + "result.json")
+    assert local["docs_uri"] == store.uri(prefix + "docs/index.html")
+    assert store.exists(prefix + "docs/index.html")
+    assert any("/validations/" in k and k.endswith(".html") for k in store.list_keys(prefix + "docs/"))
+
+
+def test_bad_rows_are_quarantined_with_rule_and_source_row(s3):
+    settings, store = s3
+    settings.params["validate"]["max_quarantine_rate"] = 1.0  # inspect, don't fail
+    world = clean_world(n_users=10, events_per_user=10)  # 100 events → 2 files of 50
+    ev = world["events"]
+    ev[3]["price"] = -1.0                                    # events.price.non_negative
+    ev[7]["event_type"] = "teleport"                         # events.event_type.allowed
+    ev[12]["user_id"] = None                                 # events.user_id.not_null
+    ev[55]["event_id"] = ev[54]["event_id"]                  # events.event_id.unique (both copies)
+    ev[60]["ts"] = NOW + timedelta(days=1)                   # events.ts.not_future
+    ev[61]["user_id"] = "ghost"                              # events.user_id.in_users
+    ev[62]["price"] = -2.0
+    ev[62]["event_type"] = "nope"                            # two rules on one row
+    world["exposures"][4]["user_id"] = "ghost"               # exposures.user_id.in_users
+    world["exposures"][5]["variant_id"] = "C1-V9"            # exposures.variant_id.in_campaigns
+    world["exposures"][6]["exposure_ts"] = T0 + timedelta(days=15)  # outside C1's window
+    world["campaigns"][3]["start_ts"] = world["campaigns"][3]["end_ts"]  # C2-V2 start == end
+    world["users"][9]["age"] = 7                             # users.age.range → u9's rows cascade
+
+    report = run_validate(settings, store, world)
+    q = {t: quarantine_rows(store, t) for t in world}
+
+    ev_q = {(r["_source_file"], r["_source_row"]): r["_rule"] for r in q["events"]}
+    f0, f1 = (f"raw/{BATCH}/events/part-0000{i}.parquet" for i in (0, 1))
+    assert ev_q[(f0, 3)] == "events.price.non_negative"
+    assert ev_q[(f0, 7)] == "events.event_type.allowed"
+    assert ev_q[(f0, 12)] == "events.user_id.not_null"
+    assert ev_q[(f1, 4)] == ev_q[(f1, 5)] == "events.event_id.unique"
+    assert ev_q[(f1, 10)] == "events.ts.not_future"
+    assert ev_q[(f1, 11)] == "events.user_id.in_users"
+    assert set(ev_q[(f1, 12)].split(";")) == {"events.price.non_negative", "events.event_type.allowed"}
+    # u9 (invalid age) → its 10 events fail referential integrity
+    assert sum(1 for r in q["events"] if r["user_id"] == "u9" and r["_rule"] == "events.user_id.in_users") == 10
+    assert {r["event_id"] for r in q["events"]} >= {ev[3]["event_id"], ev[7]["event_id"]}
+
+    x_q = {r["exposure_id"]: r["_rule"] for r in q["exposures"]}
+    assert x_q["x4"] == "exposures.user_id.in_users"
+    assert x_q["x5"] == "exposures.variant_id.in_campaigns"
+    assert x_q["x6"] == "exposures.exposure_ts.in_campaign_window"
+    assert x_q["x9"] == "exposures.user_id.in_users"  # u9 cascade
+    c_q = [r for r in q["campaigns"]]
+    assert [(r["variant_id"], r["_rule"], r["_source_row"]) for r in c_q] == \
+        [("C2-V2", "campaigns.start_ts.before_end_ts", 1)]
+    assert [(r["user_id"], r["_rule"]) for r in q["users"]] == [("u9", "users.age.range")]
+
+    vdir = settings.workspace / layout.VALIDATED_DIR
+    for table, rows in world.items():
+        t = report["tables"][table]
+        assert t["rows_in"] == len(rows) == t["rows_valid"] + t["rows_quarantined"], table
+        assert t["rows_quarantined"] == len(q[table])
+        assert pq.read_table(vdir / f"{table}.parquet").num_rows == t["rows_valid"]
+        assert set(q[table][0]) == set(SCHEMAS[table].names) | {"_rule", "_source_file", "_source_row"}
+    assert report["tables"]["events"]["rule_counts"]["events.event_id.unique"] == 2
+    assert report["tables"]["events"]["rule_counts"]["events.price.non_negative"] == 2
+    valid_events = pq.read_table(vdir / "events.parquet").column("event_id").to_pylist()
+    assert len(valid_events) == len(set(valid_events))
+
+
+def test_rate_over_threshold_fails_after_writing_quarantine_and_reports(s3):
+    settings, store = s3
+    world = clean_world()
+    for e in world["events"][:5]:  # 5 of 40 = 12.5% > 5%
+        e["price"] = -1.0
+    previous = run_validate(settings, store, clean_world())  # a good run before
+    with pytest.raises(validate.ValidationFailed) as err:
+        run_validate(settings, store, world)
+    msg = str(err.value)
+    assert "events" in msg and "events.price.non_negative=5" in msg and "12.50%" in msg and "5.00%" in msg
+    report = json.loads((settings.workspace / "reports/validation.json").read_text())
+    assert report["passed"] is False and report["failures"][0]["table"] == "events"
+    assert report["run_id"] != previous["run_id"]
+    assert len(quarantine_rows(store, "events")) == 5
+    assert store.exists(layout.validation_prefix(BATCH, report["run_id"]) + "result.json")
+    # the previous validated data is left in place
+    events = pq.read_table(settings.workspace / layout.VALIDATED_DIR / "events.parquet")
+    assert events.num_rows == 40 and min(events.column("price").to_pylist()) >= 0
+
+
+def test_missing_column_rejects_batch_naming_file_and_column(s3):
+    settings, store = s3
+    world = clean_world()
+    schema = SCHEMAS["events"].remove(SCHEMAS["events"].get_field_index("price"))
+    for e in world["events"]:
+        del e["price"]
+    with pytest.raises(validate.BatchRejected) as err:
+        run_validate(settings, store, world, schemas={"events": schema})
+    msg = str(err.value)
+    assert f"raw/{BATCH}/events/part-00000.parquet" in msg and "'price'" in msg and "events.schema.columns" in msg
+    assert not (settings.workspace / layout.VALIDATED_DIR).exists()
+
+
+def test_wrong_type_rejects_batch(s3):
+    settings, store = s3
+    world = clean_world()
+    schema = SCHEMAS["users"].set(1, pa.field("age", pa.string()))
+    for u in world["users"]:
+        u["age"] = str(u["age"])
+    with pytest.raises(validate.BatchRejected, match=r"users\.schema\.types.*users/part-00000.parquet.*'age'"):
+        run_validate(settings, store, world, schemas={"users": schema})
+
+
+def test_corrupt_parquet_rejects_batch_naming_file(s3):
+    settings, store = s3
+    manifest = land(store, clean_world())
+    bad_key = manifest["tables"]["exposures"]["files"][1]
+    store.put_bytes(bad_key, b"PAR1 this is not parquet")
+    ingest.ingest(settings, store=store)
+    with pytest.raises(validate.BatchRejected, match=r"exposures\.file\.readable.*exposures/part-00001\.parquet"):
+        validate.run(settings, store=store)
+
+
+def test_file_changed_after_ingest_is_rejected(s3):
+    settings, store = s3
+    manifest = land(store, clean_world())
+    ingest.ingest(settings, store=store)
+    put_parquet(store, manifest["tables"]["users"]["files"][0], clean_world()["users"][:1], SCHEMAS["users"])
+    with pytest.raises(validate.BatchRejected, match="rerun ingest"):
+        validate.run(settings, store=store)
+
+
+def test_interrupted_run_leaves_previous_validated_intact(s3, monkeypatch):
+    settings, store = s3
+    run_validate(settings, store, clean_world())
+    vdir = settings.workspace / layout.VALIDATED_DIR
+    before = {p.name: p.read_bytes() for p in vdir.iterdir()}
+
+    calls = {"n": 0}
+    real = validate.pq.write_table
+
+    def flaky(table, where, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk full (injected)")
+        return real(table, where, **kw)
+
+    monkeypatch.setattr(validate.pq, "write_table", flaky)
+    world = clean_world(n_users=12)
+    with pytest.raises(OSError, match="injected"):
+        run_validate(settings, store, world)
+    assert {p.name: p.read_bytes() for p in vdir.iterdir()} == before
+    assert not [p for p in vdir.parent.iterdir() if p.name.startswith(".validated")]

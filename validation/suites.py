@@ -1,0 +1,251 @@
+"""The raw data contract as code: one Great Expectations 1.x suite per raw table, plus the
+cross-table rules GX cannot express (checked with DuckDB beside it).
+
+Every rule has a stable id `<table>.<column|key|schema>.<check>`; that id is what lands in the
+quarantine `_rule` column, in error messages and in the validation report, so keep ids stable
+when editing rules (add new ids rather than renaming old ones).
+
+Rule levels:
+- batch: schema (column set/order, types), non-empty table. A failure rejects the whole batch.
+- row: one bad row is quarantined with the ids of every rule it broke.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import pyarrow as pa
+
+from campaignops.validation.contract import (
+    CAMPAIGN_TYPES,
+    CHANNELS,
+    CONTROL,
+    EVENT_TYPES,
+    GENDERS,
+    PRIMARY_KEYS,
+    SCHEMAS,
+    TABLES,
+)
+
+# Columns that may be null; every other contract column is required.
+NULLABLE: dict[str, frozenset[str]] = {
+    "users": frozenset({"region", "occupation"}),
+    "events": frozenset({"category"}),  # unknown category → the model's out-of-vocabulary token
+    "campaigns": frozenset({"target_category"}),
+    "exposures": frozenset(),
+}
+
+AGE_RANGE = (13, 110)
+
+BATCH = "batch"
+ROW = "row"
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    table: str
+    level: str  # BATCH or ROW
+    description: str
+    engine: str  # "gx", "arrow" (schema, checked per file) or "duckdb" (cross-table)
+
+
+def rule_id(*parts: str) -> str:
+    return ".".join(parts)
+
+
+def required_columns(table: str) -> list[str]:
+    return [f.name for f in SCHEMAS[table] if f.name not in NULLABLE[table]]
+
+
+def schema_rules(table: str) -> list[Rule]:
+    return [
+        Rule(rule_id(table, "schema", "columns"), table, BATCH,
+             f"columns are exactly {SCHEMAS[table].names} in this order", "arrow"),
+        Rule(rule_id(table, "schema", "types"), table, BATCH,
+             "every column has its contract type", "arrow"),
+        Rule(rule_id(table, "manifest", "present"), table, BATCH, "the raw manifest lists the table", "arrow"),
+        Rule(rule_id(table, "manifest", "rows"), table, BATCH,
+             "the files hold as many rows as the manifest says", "arrow"),
+        Rule(rule_id(table, "file", "present"), table, BATCH, "every listed file can be fetched", "arrow"),
+        Rule(rule_id(table, "file", "unchanged"), table, BATCH, "every file's ETag is the one seen at ingest", "arrow"),
+        Rule(rule_id(table, "file", "readable"), table, BATCH, "every file is readable parquet", "arrow"),
+    ]
+
+
+# --------------------------------------------------------------------------- cross-table rules
+
+CROSS_TABLE_RULES: dict[str, list[Rule]] = {
+    "users": [],
+    "campaigns": [],
+    "events": [
+        Rule("events.user_id.in_users", "events", ROW, "user_id is a validated user", "duckdb"),
+    ],
+    "exposures": [
+        Rule("exposures.user_id.in_users", "exposures", ROW, "user_id is a validated user", "duckdb"),
+        Rule("exposures.variant_id.in_campaigns", "exposures", ROW,
+             f"(campaign_id, variant_id) is a validated campaign variant, or variant_id == {CONTROL!r} "
+             "for a validated campaign", "duckdb"),
+        Rule("exposures.exposure_ts.in_campaign_window", "exposures", ROW,
+             "campaign start_ts <= exposure_ts <= end_ts (window of the campaign's validated variants)",
+             "duckdb"),
+    ],
+}
+
+
+def cross_table_sql(table: str) -> dict[str, str]:
+    """rule id → SQL returning the `_row` of every violating row. Relations: `<table>` (raw rows
+    with `_row`) and `valid_<parent>` (parent rows that passed their own rules)."""
+    if table == "events":
+        return {
+            "events.user_id.in_users": """
+                SELECT e._row FROM events e
+                WHERE e.user_id IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM valid_users u WHERE u.user_id = e.user_id)""",
+        }
+    if table == "exposures":
+        return {
+            "exposures.user_id.in_users": """
+                SELECT x._row FROM exposures x
+                WHERE x.user_id IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM valid_users u WHERE u.user_id = x.user_id)""",
+            "exposures.variant_id.in_campaigns": f"""
+                SELECT x._row FROM exposures x
+                WHERE x.campaign_id IS NOT NULL AND x.variant_id IS NOT NULL
+                  AND NOT EXISTS (
+                    SELECT 1 FROM valid_campaigns c
+                    WHERE c.campaign_id = x.campaign_id
+                      AND (c.variant_id = x.variant_id OR x.variant_id = '{CONTROL}'))""",
+            "exposures.exposure_ts.in_campaign_window": """
+                WITH w AS (SELECT campaign_id, min(start_ts) AS s, max(end_ts) AS e
+                           FROM valid_campaigns GROUP BY campaign_id)
+                SELECT x._row FROM exposures x JOIN w ON w.campaign_id = x.campaign_id
+                WHERE x.exposure_ts < w.s OR x.exposure_ts > w.e""",
+        }
+    return {}
+
+
+# --------------------------------------------------------------------------- GX suites
+
+def _pandas_dtype_name(t: pa.DataType) -> str:
+    """The pandas dtype a contract column has in the frame GX validates (see `to_pandas`)."""
+    if pa.types.is_string(t):
+        return "str"
+    if pa.types.is_int32(t):
+        return "int32"
+    if pa.types.is_int8(t):
+        return "int8"
+    if pa.types.is_float64(t):
+        return "float64"
+    if pa.types.is_timestamp(t):
+        return f"datetime64[{t.unit}]"
+    raise TypeError(f"no pandas dtype mapping for {t}")
+
+
+def to_pandas(table: pa.Table):
+    """Arrow → pandas for GX: nullable integer dtypes so a null never turns an int column float."""
+    import pandas as pd
+
+    mapping = {pa.int8(): pd.Int8Dtype(), pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype()}
+    return table.to_pandas(types_mapper=mapping.get)
+
+
+def _row_specs(table: str, now: datetime) -> list[tuple[str, str, type, dict]]:
+    """(rule id, description, expectation class, kwargs) for the row-level GX rules of a table."""
+    import great_expectations.expectations as gxe
+
+    specs: list[tuple[str, str, type, dict]] = []
+    for col in required_columns(table):
+        specs.append((rule_id(table, col, "not_null"), f"{col} is not null",
+                      gxe.ExpectColumnValuesToNotBeNull, {"column": col}))
+    key = PRIMARY_KEYS[table]
+    if len(key) == 1:
+        specs.append((rule_id(table, key[0], "unique"), f"{key[0]} is unique in the batch (all copies quarantined)",
+                      gxe.ExpectColumnValuesToBeUnique, {"column": key[0]}))
+    else:
+        specs.append((rule_id(table, "key", "unique"), f"({', '.join(key)}) is unique in the batch (all copies quarantined)",
+                      gxe.ExpectCompoundColumnsToBeUnique, {"column_list": list(key)}))
+
+    def between(col, lo=None, hi=None, name="range", desc=None):
+        kw = {"column": col}
+        if lo is not None:
+            kw["min_value"] = lo
+        if hi is not None:
+            kw["max_value"] = hi
+        specs.append((rule_id(table, col, name), desc or f"{lo} <= {col} <= {hi}", gxe.ExpectColumnValuesToBeBetween, kw))
+
+    def in_set(col, values, name="allowed"):
+        specs.append((rule_id(table, col, name), f"{col} in {sorted(values)}",
+                      gxe.ExpectColumnValuesToBeInSet, {"column": col, "value_set": list(values)}))
+
+    now_desc = f"<= batch now ({now.isoformat()})"
+    if table == "users":
+        between("age", *AGE_RANGE)
+        in_set("gender", GENDERS)
+        between("signup_ts", hi=now, name="not_future", desc=f"signup_ts {now_desc}")
+    elif table == "events":
+        in_set("event_type", EVENT_TYPES)
+        between("price", lo=0, name="non_negative", desc="price >= 0")
+        between("ts", hi=now, name="not_future", desc=f"ts {now_desc}")
+    elif table == "campaigns":
+        in_set("type", CAMPAIGN_TYPES)
+        in_set("channel", CHANNELS)
+        between("discount_rate", 0, 1)
+        between("cost_per_send", lo=0, name="non_negative", desc="cost_per_send >= 0")
+        specs.append(("campaigns.variant_id.not_control", f"variant_id != {CONTROL!r} (control is implicit)",
+                      gxe.ExpectColumnValuesToNotBeInSet, {"column": "variant_id", "value_set": [CONTROL]}))
+        specs.append(("campaigns.start_ts.before_end_ts", "start_ts < end_ts",
+                      gxe.ExpectColumnPairValuesAToBeGreaterThanB,
+                      {"column_A": "end_ts", "column_B": "start_ts", "or_equal": False,
+                       "ignore_row_if": "either_value_is_missing"}))
+    elif table == "exposures":
+        in_set("responded", (0, 1))
+        between("revenue", lo=0, name="non_negative", desc="revenue >= 0")
+        between("exposure_ts", hi=now, name="not_future", desc=f"exposure_ts {now_desc}")
+    return specs
+
+
+def _batch_specs(table: str) -> list[tuple[str, str, type, dict]]:
+    import great_expectations.expectations as gxe
+
+    schema = SCHEMAS[table]
+    specs = [
+        (rule_id(table, "schema", "columns"), f"columns are exactly {schema.names} in this order",
+         gxe.ExpectTableColumnsToMatchOrderedList, {"column_list": list(schema.names)}),
+        (rule_id(table, "rows", "non_empty"), "the table has at least one row",
+         gxe.ExpectTableRowCountToBeBetween, {"min_value": 1}),
+    ]
+    for field in schema:
+        specs.append((rule_id(table, "schema", "types"), f"{field.name} has type {field.type}",
+                      gxe.ExpectColumnValuesToBeOfType,
+                      {"column": field.name, "type_": _pandas_dtype_name(field.type)}))
+    return specs
+
+
+def build_suite(table: str, now: datetime):
+    """The GX ExpectationSuite for one raw table. `now` is the batch's as-of time (time sanity)."""
+    import great_expectations as gx
+
+    expectations = [cls(**kwargs, meta={"rule_id": rid, "level": level}, description=f"[{rid}] {desc}")
+                    for level, specs in ((BATCH, _batch_specs(table)), (ROW, _row_specs(table, now)))
+                    for rid, desc, cls, kwargs in specs]
+    # Built without a data context (add_expectation would need one); add it with context.suites.add.
+    return gx.ExpectationSuite(name=f"raw.{table}", expectations=expectations,
+                               meta={"contract": "campaignops.validation.contract"})
+
+
+def rules(table: str, now: datetime | None = None) -> list[Rule]:
+    """Every rule of a table (ids unique; schema.types covers all columns)."""
+    now = now or datetime(2000, 1, 1)
+    out: dict[str, Rule] = {r.id: r for r in schema_rules(table)}
+    for rid, desc, _, _ in _batch_specs(table):
+        out.setdefault(rid, Rule(rid, table, BATCH, desc, "gx"))
+    for rid, desc, _, _ in _row_specs(table, now):
+        out[rid] = Rule(rid, table, ROW, desc, "gx")
+    for r in CROSS_TABLE_RULES[table]:
+        out[r.id] = r
+    return list(out.values())
+
+
+def all_rule_ids() -> list[str]:
+    return [r.id for t in TABLES for r in rules(t)]
