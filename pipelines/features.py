@@ -41,10 +41,17 @@ def vocabulary(con: duckdb.DuckDBPyConnection) -> dict:
     return {"event_types": list(EVENT_TYPES), "categories": cats}
 
 
+def profile_columns(recent_days: list[int]) -> list[str]:
+    return [*PROFILE_COLS, *(f"n_events_{d}d" for d in recent_days)]
+
+
 def point_features(con: duckdb.DuckDBPyConnection, points: str, vocab: dict, seq_len: int,
-                   window_days: int) -> pa.Table:
+                   window_days: int, recent_days: list[int]) -> pa.Table:
     """Features for each row of the `points` relation (point_id, user_id, ts) using only data
     strictly before its ts: last-`seq_len` event tokens and profile aggregates."""
+    recent_sql = "".join(f",\n        ln(1 + count(*) FILTER (WHERE ts >= pts - INTERVAL {int(d)} DAY)) AS n_events_{int(d)}d"
+                         for d in recent_days)
+    recent_out = "".join(f", coalesce(a.n_events_{int(d)}d, 0) AS n_events_{int(d)}d" for d in recent_days)
     n_cat = len(vocab["categories"]) + 1  # + OOV
     con.execute("CREATE OR REPLACE TEMP TABLE _cats AS SELECT unnest($1::VARCHAR[]) AS category, "
                 "generate_subscripts($1::VARCHAR[], 1) - 1 AS cat_idx", [vocab["categories"]])
@@ -74,7 +81,7 @@ def point_features(con: duckdb.DuckDBPyConnection, points: str, vocab: dict, seq
         date_diff('second', max(ts) FILTER (WHERE event_type = 'purchase'), any_value(pts)) / 86400.0
           AS days_since_last_purchase,
         (count(*) FILTER (WHERE event_type = 'purchase') + 1.0)
-          / (count(*) FILTER (WHERE event_type = 'cart') + 1.0) AS cart_to_purchase
+          / (count(*) FILTER (WHERE event_type = 'cart') + 1.0) AS cart_to_purchase{recent_sql}
       FROM j GROUP BY point_id
     ),
     hist AS (  -- past campaigns whose outcome was known before the point (campaign ended)
@@ -97,7 +104,7 @@ def point_features(con: duckdb.DuckDBPyConnection, points: str, vocab: dict, seq
       ln(1 + coalesce(h.n_exp, 0)) AS n_past_exposures,
       ln(1 + coalesce(h.n_resp, 0)) AS n_past_responses,
       floor(u.age / 10.0) / 10.0 AS age_bucket,
-      {", ".join(f"(u.gender = '{g}')::DOUBLE AS gender_{g}" for g in GENDERS)}
+      {", ".join(f"(u.gender = '{g}')::DOUBLE AS gender_{g}" for g in GENDERS)}{recent_out}
     FROM {points} p
     LEFT JOIN agg a USING (point_id)
     LEFT JOIN hist h USING (point_id)
@@ -146,13 +153,13 @@ def build(settings: Settings, store: ObjectStore | None = None) -> dict:
     """The DVC `features` stage: data/validated → data/features (train/valid/holdout + arms + meta)."""
     ws = settings.workspace
     p = settings.params["features"]
-    seq_len, window = int(p["seq_len"]), int(p["profile_window_days"])
+    seq_len, window, recent = int(p["seq_len"]), int(p["profile_window_days"]), list(p["recent_days"])
     raw_manifest = json.loads((ws / layout.RAW_MANIFEST).read_text())
     con = connect(ws / layout.VALIDATED_DIR)
     vocab = vocabulary(con)
     con.execute("""CREATE TEMP TABLE points AS
         SELECT exposure_id AS point_id, user_id, exposure_ts AS ts FROM exposures""")
-    feats = point_features(con, "points", vocab, seq_len, window)
+    feats = point_features(con, "points", vocab, seq_len, window, recent)
     con.register("feats", feats)
     q_train, q_valid = p["split"]["train"], p["split"]["train"] + p["split"]["valid"]
     labelled = con.sql(f"""
@@ -182,7 +189,8 @@ def build(settings: Settings, store: ObjectStore | None = None) -> dict:
             "vocab": vocab,
             "seq_len": seq_len,
             "profile_window_days": window,
-            "profile_cols": list(PROFILE_COLS),
+            "recent_days": recent,
+            "profile_cols": profile_columns(recent),
             "campaign_types": list(CAMPAIGN_TYPES),
             "channels": list(CHANNELS),
             "rows": counts,
@@ -209,7 +217,8 @@ def scoring_frame(con: duckdb.DuckDBPyConnection, as_of: str, meta: dict) -> pa.
     """Features of every user as of `as_of` (ISO time), with the model's own vocabulary."""
     con.execute(f"""CREATE OR REPLACE TEMP TABLE score_points AS
         SELECT user_id AS point_id, user_id, TIMESTAMP '{as_of}' AS ts FROM users""")
-    feats = point_features(con, "score_points", meta["vocab"], meta["seq_len"], meta["profile_window_days"])
+    feats = point_features(con, "score_points", meta["vocab"], meta["seq_len"], meta["profile_window_days"],
+                           meta["recent_days"])
     return feats.rename_columns(["user_id", *feats.column_names[1:]])
 
 

@@ -67,7 +67,7 @@ def run(settings: Settings) -> dict:
                                    "revenue": (valid.column("revenue").to_numpy() / revenue_scale).astype(np.float32)}),
         epochs=int(params["epochs"]),
         batch_size=int(params["batch_size"]),
-        callbacks=[keras.callbacks.EarlyStopping(monitor="val_response_auc", mode="max", patience=2,
+        callbacks=[keras.callbacks.EarlyStopping(monitor="val_response_auc", mode="max", patience=3,
                                                  restore_best_weights=True)],
         shuffle=True,
         verbose=2,

@@ -60,7 +60,7 @@ def test_features_use_only_events_strictly_before_the_exposure(workspace):
     write_world(workspace.workspace, before + [ev(9, "u2", "browse", "c03", T0 - timedelta(days=300))], exps)
     features.build(workspace)
     without = pq.read_table(workspace.workspace / "data/features/train.parquet").to_pandas()
-    cols = ["seq_tokens", *features.PROFILE_COLS]
+    cols = ["seq_tokens", *features.profile_columns([7, 14, 30])]
     for c in cols:
         a, b = np.stack(with_future[c].to_numpy()) if c == "seq_tokens" else with_future[c].to_numpy(), \
             np.stack(without[c].to_numpy()) if c == "seq_tokens" else without[c].to_numpy()
