@@ -1,0 +1,642 @@
+"""The embedded local stack: SeaweedFS (S3 API), MLflow (basic auth) and Airflow 3 (standalone).
+
+Plain functions for the CLI (`campaignops stack up|down|status`):
+
+- ``up(settings, services=SERVICES)`` starts what is not already running and healthy, each service
+  in its own process group, and waits until each is healthy.
+- ``down(settings)`` stops exactly the process groups recorded in the pidfiles.
+- ``status(settings)`` reports pid / running / healthy per service.
+
+State lives under ``settings.state_dir``::
+
+    stack.env            client credentials (0600), read by Settings: AWS_*, CAMPAIGNOPS_AIRFLOW_*,
+                         MLFLOW_TRACKING_USERNAME/PASSWORD
+    server-secrets.env   server-only secrets (0600): Flask / JWT / API secret keys, Fernet key
+    run/<svc>.pid        JSON: pid, pgid, start time (from /proc), command line
+    logs/<svc>.log       stdout+stderr of the service
+    seaweed/             SeaweedFS data; s3/ holds s3.json and security.toml (0600)
+    mlflow/              tracking db, auth db, auth ini (0600)
+    airflow/             AIRFLOW_HOME (sqlite db, logs, passwords file); Airflow runs as
+                         infra/airflow_launcher.py (db migrate + api-server, scheduler,
+                         dag-processor, triggerer in one process group)
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+from campaignops.config import Settings, _read_env_file
+
+log = logging.getLogger("campaignops.stack")
+
+SERVICES: tuple[str, ...] = ("s3", "mlflow", "airflow")
+ADMIN_USER = "admin"
+SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+
+# Client credentials kept in settings.env_file; generated once, reused afterwards.
+_CLIENT_SECRETS: dict[str, Callable[[], str]] = {
+    "AWS_ACCESS_KEY_ID": lambda: "CO" + secrets.token_hex(9).upper(),
+    "AWS_SECRET_ACCESS_KEY": lambda: secrets.token_urlsafe(30),
+    "CAMPAIGNOPS_AIRFLOW_USER": lambda: ADMIN_USER,
+    "CAMPAIGNOPS_AIRFLOW_PASSWORD": lambda: secrets.token_urlsafe(18),
+    "MLFLOW_TRACKING_USERNAME": lambda: ADMIN_USER,
+    "MLFLOW_TRACKING_PASSWORD": lambda: secrets.token_urlsafe(18),
+}
+# Server-only secrets (not handed to clients through Settings.env / process_env()).
+_SERVER_SECRETS: dict[str, Callable[[], str]] = {
+    "MLFLOW_FLASK_SERVER_SECRET_KEY": lambda: secrets.token_urlsafe(32),
+    "AIRFLOW__API_AUTH__JWT_SECRET": lambda: secrets.token_urlsafe(64),
+    "AIRFLOW__API__SECRET_KEY": lambda: secrets.token_urlsafe(32),
+    "AIRFLOW__CORE__FERNET_KEY": lambda: base64.urlsafe_b64encode(os.urandom(32)).decode(),
+    "SEAWEED_JWT_SIGNING_KEY": lambda: secrets.token_urlsafe(32),
+    "SEAWEED_JWT_SIGNING_READ_KEY": lambda: secrets.token_urlsafe(32),
+    "SEAWEED_JWT_FILER_KEY": lambda: secrets.token_urlsafe(32),
+    "SEAWEED_JWT_FILER_READ_KEY": lambda: secrets.token_urlsafe(32),
+}
+
+
+class StackError(RuntimeError):
+    """A service failed to start, stop, or become healthy."""
+
+
+# --------------------------------------------------------------------------- paths & secrets
+
+
+def run_dir(settings: Settings) -> Path:
+    return settings.state_dir / "run"
+
+
+def logs_dir(settings: Settings) -> Path:
+    return settings.state_dir / "logs"
+
+
+def pidfile(settings: Settings, service: str) -> Path:
+    return run_dir(settings) / f"{service}.pid"
+
+
+def logfile(settings: Settings, service: str) -> Path:
+    return logs_dir(settings) / f"{service}.log"
+
+
+def server_secrets_file(settings: Settings) -> Path:
+    return settings.state_dir / "server-secrets.env"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write atomically with mode 0600 (never readable by others, even briefly)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _ensure_env_file(path: Path, wanted: dict[str, Callable[[], str]], header: str) -> dict[str, str]:
+    existing = _read_env_file(path)
+    missing = {k: gen() for k, gen in wanted.items() if not existing.get(k)}
+    if missing or not path.exists():
+        merged = {**existing, **missing}
+        body = "".join(f"{k}={v}\n" for k, v in merged.items())
+        _write_private(path, f"# {header}\n{body}")
+    elif path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
+    return _read_env_file(path)
+
+
+def ensure_credentials(settings: Settings) -> dict[str, str]:
+    """Create (first time) or reuse the client credentials in ``settings.env_file`` (mode 0600),
+    then reload ``settings.env`` in place so this process sees them. Returns the file's values."""
+    values = _ensure_env_file(
+        settings.env_file, _CLIENT_SECRETS,
+        "campaignops local stack credentials - generated, keep private (git-ignored state dir)",
+    )
+    settings.env.clear()
+    settings.env.update(values)
+    return values
+
+
+def _server_secrets(settings: Settings) -> dict[str, str]:
+    return _ensure_env_file(server_secrets_file(settings), _SERVER_SECRETS,
+                            "campaignops stack server-side secrets - do not share")
+
+
+# --------------------------------------------------------------------------- process bookkeeping
+
+
+def _proc_start_time(pid: int) -> int | None:
+    """Kernel start time of a process (clock ticks since boot), None if it does not exist."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] == "Z":  # zombie: as good as gone
+        return None
+    return int(fields[19])
+
+
+def _proc_pgid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return int(stat[stat.rindex(")") + 2:].split()[2])
+
+
+def _group_members(pgid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            pid = int(entry.name)
+            if _proc_pgid(pid) == pgid and _proc_start_time(pid) is not None:
+                out.append(pid)
+    return out
+
+
+def read_pidfile(settings: Settings, service: str) -> dict | None:
+    path = pidfile(settings, service)
+    try:
+        info = json.loads(path.read_text())
+        int(info["pid"]), int(info["pgid"]), int(info["start_time"])
+        return info
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _is_ours(info: dict) -> bool:
+    """The pidfile's leader process still runs and is the very process we started."""
+    return _proc_start_time(int(info["pid"])) == int(info["start_time"])
+
+
+def _leader_gone_group_left(info: dict) -> bool:
+    """Leader exited but members of its process group remain. A pgid cannot be reused while the
+    group exists, so those members are ours (e.g. orphaned workers)."""
+    pid, pgid = int(info["pid"]), int(info["pgid"])
+    return _proc_start_time(pid) is None and bool(_group_members(pgid))
+
+
+def running_pid(settings: Settings, service: str) -> int | None:
+    info = read_pidfile(settings, service)
+    return int(info["pid"]) if info and _is_ours(info) else None
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _stop(infos: dict[str, dict], timeout: float) -> list[str]:
+    """SIGTERM each of our groups, wait, then SIGKILL what is left."""
+    targets: dict[str, int] = {}
+    for service, info in infos.items():
+        if _is_ours(info) or _leader_gone_group_left(info):
+            targets[service] = int(info["pgid"])
+    for pgid in targets.values():
+        _kill_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_group_members(g) for g in targets.values()):
+        time.sleep(0.2)
+    for service, pgid in targets.items():
+        if _group_members(pgid):
+            log.info("%s did not stop on SIGTERM within %.0fs; sending SIGKILL", service, timeout)
+            _kill_group(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_group_members(g) for g in targets.values()):
+        time.sleep(0.1)
+    return list(targets)
+
+
+# --------------------------------------------------------------------------- ports
+
+
+def _port_busy(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _grpc_port(settings: Settings, name: str) -> int:
+    """gRPC port of a SeaweedFS component: CAMPAIGNOPS_<NAME>_GRPC_PORT, else weed's own default
+    (http port + 10000) when valid and free, else any free port (internal to the weed process)."""
+    env = settings._get(f"CAMPAIGNOPS_{name.upper()}_GRPC_PORT")
+    if env:
+        return int(env)
+    candidate = settings.port(name) + 10000
+    if candidate <= 65535 and not _port_busy(candidate):
+        return candidate
+    return _free_port()
+
+
+def _http_ports(settings: Settings, service: str) -> dict[str, int]:
+    if service == "s3":
+        return {n: settings.port(n) for n in ("s3", "weed_master", "weed_volume", "weed_filer")}
+    return {service: settings.port(service)}
+
+
+# --------------------------------------------------------------------------- service definitions
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def _base_env(settings: Settings) -> dict[str, str]:
+    """settings.process_env() with the stack's own credentials winning (the servers are configured
+    with those), and the venv's bin directory on PATH."""
+    env = settings.process_env()
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_USERNAME",
+                "MLFLOW_TRACKING_PASSWORD", "CAMPAIGNOPS_AIRFLOW_USER", "CAMPAIGNOPS_AIRFLOW_PASSWORD"):
+        if settings.env.get(key):
+            env[key] = settings.env[key]
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bindir] + [p for p in env.get("PATH", "").split(os.pathsep) if p and p != bindir])
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _s3_spec(settings: Settings) -> tuple[list[str], dict[str, str], Path]:
+    creds, server = settings.env, _server_secrets(settings)
+    conf_dir = settings.state_dir / "s3"
+    data_dir = settings.state_dir / "seaweed"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    s3_config = {
+        "identities": [{
+            "name": "campaignops",
+            "credentials": [{"accessKey": creds["AWS_ACCESS_KEY_ID"], "secretKey": creds["AWS_SECRET_ACCESS_KEY"]}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]
+    }
+    _write_private(conf_dir / "s3.json", json.dumps(s3_config, indent=2) + "\n")
+    # weed reads ./security.toml first: JWT-sign volume and filer access so the filer/volume HTTP
+    # ports are not an unauthenticated side door around the S3 credentials.
+    _write_private(conf_dir / "security.toml", (
+        f'[jwt.signing]\nkey = "{server["SEAWEED_JWT_SIGNING_KEY"]}"\n'
+        f'[jwt.signing.read]\nkey = "{server["SEAWEED_JWT_SIGNING_READ_KEY"]}"\n'
+        f'[jwt.filer_signing]\nkey = "{server["SEAWEED_JWT_FILER_KEY"]}"\n'
+        f'[jwt.filer_signing.read]\nkey = "{server["SEAWEED_JWT_FILER_READ_KEY"]}"\n'
+    ))
+    ip = settings.host
+    cmd = [
+        _bin("weed"), "server",
+        f"-dir={data_dir}", f"-ip={ip}", f"-ip.bind={ip}",
+        "-master.telemetry=false", "-master.volumeSizeLimitMB=1024", "-volume.max=0",
+        "-volume.preStopSeconds=1",
+        f"-master.port={settings.port('weed_master')}", f"-master.port.grpc={_grpc_port(settings, 'weed_master')}",
+        f"-volume.port={settings.port('weed_volume')}", f"-volume.port.grpc={_grpc_port(settings, 'weed_volume')}",
+        f"-filer.port={settings.port('weed_filer')}", f"-filer.port.grpc={_grpc_port(settings, 'weed_filer')}",
+        "-s3", f"-s3.port={settings.port('s3')}", f"-s3.port.grpc={_grpc_port(settings, 's3')}",
+        f"-s3.config={conf_dir / 's3.json'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+    ]
+    return cmd, _base_env(settings), conf_dir
+
+
+def _mlflow_spec(settings: Settings) -> tuple[list[str], dict[str, str], Path]:
+    creds, server = settings.env, _server_secrets(settings)
+    home = settings.state_dir / "mlflow"
+    home.mkdir(parents=True, exist_ok=True)
+    ini = home / "basic_auth.ini"
+    _write_private(ini, (
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{home / 'basic_auth.db'}\n"
+        f"admin_username = {creds['MLFLOW_TRACKING_USERNAME']}\n"
+        f"admin_password = {creds['MLFLOW_TRACKING_PASSWORD']}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "grant_default_workspace_access = false\n"
+    ))
+    env = _base_env(settings)
+    env.update({
+        "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": server["MLFLOW_FLASK_SERVER_SECRET_KEY"],
+        # The GenAI job runner starts ~7 huey consumers (~250 MB each); the platform needs none.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    })
+    for key in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"):
+        env.pop(key, None)  # the ini is the one source
+    cmd = [
+        _bin("mlflow"), "server",
+        "--host", settings.host, "--port", str(settings.port("mlflow")),
+        "--workers", "2",
+        "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+        "--artifacts-destination", f"s3://{settings.bucket}/mlflow",
+    ]
+    if mlflow_auth_available():
+        cmd += ["--app-name", "basic-auth"]
+    else:
+        log.warning("Flask-WTF is not installed (mlflow[auth]); MLflow starts WITHOUT authentication")
+    return cmd, env, home
+
+
+def mlflow_auth_available() -> bool:
+    """MLflow's basic-auth app needs Flask-WTF (the `mlflow[auth]` extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("flask_wtf") is not None
+
+
+def airflow_home(settings: Settings) -> Path:
+    return settings.state_dir / "airflow"
+
+
+def airflow_env(settings: Settings) -> dict[str, str]:
+    """Environment for Airflow processes (also usable to run `airflow ...` CLI commands against the
+    stack's metadata database)."""
+    home = airflow_home(settings)
+    server = _server_secrets(settings)
+    port = settings.port("airflow")
+    base = f"http://{settings.host}:{port}"
+    env = _base_env(settings)
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(settings.workspace / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": settings._get("CAMPAIGNOPS_AIRFLOW_PARALLELISM", "4"),
+        "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{settings.env.get('CAMPAIGNOPS_AIRFLOW_USER', ADMIN_USER)}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "simple_auth_manager_passwords.json"),
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",
+        "AIRFLOW__CORE__FERNET_KEY": server["AIRFLOW__CORE__FERNET_KEY"],
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__API__HOST": settings.host,
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": base,
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__API__SECRET_KEY": server["AIRFLOW__API__SECRET_KEY"],
+        "AIRFLOW__API_AUTH__JWT_SECRET": server["AIRFLOW__API_AUTH__JWT_SECRET"],
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+    })
+    return env
+
+
+def _airflow_spec(settings: Settings) -> tuple[list[str], dict[str, str], Path]:
+    home = airflow_home(settings)
+    home.mkdir(parents=True, exist_ok=True)
+    user = settings.env.get("CAMPAIGNOPS_AIRFLOW_USER", ADMIN_USER)
+    _write_private(home / "simple_auth_manager_passwords.json",
+                   json.dumps({user: settings.env["CAMPAIGNOPS_AIRFLOW_PASSWORD"]}) + "\n")
+    launcher = Path(__file__).with_name("airflow_launcher.py")
+    return [sys.executable, str(launcher)], airflow_env(settings), home
+
+
+# --------------------------------------------------------------------------- health checks
+
+
+def _url(settings: Settings, service: str) -> str:
+    return {"s3": settings.s3_endpoint, "mlflow": settings.mlflow_uri, "airflow": settings.airflow_url}[service]
+
+
+def _local_url(settings: Settings, service: str) -> str:
+    """The URL of the service this module started (not an override from the environment)."""
+    return f"http://{settings.host}:{settings.port(service)}"
+
+
+def _check_s3(settings: Settings, timeout: float = 3) -> None:
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client(
+        "s3", endpoint_url=_local_url(settings, "s3"), region_name="us-east-1",
+        aws_access_key_id=settings.env.get("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=settings.env.get("AWS_SECRET_ACCESS_KEY"),
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
+                      connect_timeout=timeout, read_timeout=timeout),
+    )
+    client.list_buckets()
+
+
+def _check_mlflow(settings: Settings, timeout: float = 3) -> None:
+    import requests
+
+    base = _local_url(settings, "mlflow")
+    r = requests.get(f"{base}/health", timeout=timeout)
+    if r.status_code != 200 or r.text.strip() != "OK":
+        raise StackError(f"/health answered {r.status_code}: {r.text[:200]}")
+    auth = (settings.env.get("MLFLOW_TRACKING_USERNAME", ""), settings.env.get("MLFLOW_TRACKING_PASSWORD", ""))
+    r = requests.get(f"{base}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+                     auth=auth, timeout=timeout)
+    if r.status_code != 200:
+        raise StackError(f"authenticated experiments/search answered {r.status_code}: {r.text[:200]}")
+
+
+def _check_airflow(settings: Settings, timeout: float = 3) -> None:
+    import requests
+
+    base = _local_url(settings, "airflow")
+    r = requests.get(f"{base}/api/v2/monitor/health", timeout=timeout)
+    r.raise_for_status()
+    health = r.json()
+    for component in ("metadatabase", "scheduler", "dag_processor"):
+        status_ = (health.get(component) or {}).get("status")
+        if component in health and status_ != "healthy":
+            raise StackError(f"{component} is {status_!r}")
+    if (health.get("scheduler") or {}).get("status") != "healthy":
+        raise StackError("scheduler not healthy yet")
+    r = requests.post(f"{base}/auth/token", timeout=timeout, json={
+        "username": settings.env.get("CAMPAIGNOPS_AIRFLOW_USER", ADMIN_USER),
+        "password": settings.env.get("CAMPAIGNOPS_AIRFLOW_PASSWORD", ""),
+    })
+    if r.status_code not in (200, 201):
+        raise StackError(f"POST /auth/token answered {r.status_code}: {r.text[:200]}")
+    token = r.json()["access_token"]
+    r = requests.get(f"{base}/api/v2/dags", params={"limit": 1}, timeout=timeout,
+                     headers={"Authorization": f"Bearer {token}"})
+    if r.status_code != 200:
+        raise StackError(f"GET /api/v2/dags with token answered {r.status_code}: {r.text[:200]}")
+
+
+_SPECS = {"s3": _s3_spec, "mlflow": _mlflow_spec, "airflow": _airflow_spec}
+_CHECKS = {"s3": _check_s3, "mlflow": _check_mlflow, "airflow": _check_airflow}
+
+
+def check(settings: Settings, service: str, timeout: float = 3) -> tuple[bool, str]:
+    """(healthy?, reason) for one service, with short timeouts."""
+    try:
+        _CHECKS[service](settings, timeout)
+        return True, "ok"
+    except Exception as exc:  # noqa: BLE001 - any failure means "not healthy"
+        return False, f"{type(exc).__name__}: {exc}"[:300]
+
+
+# --------------------------------------------------------------------------- up / down / status
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64_000))
+            text = f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _fail(settings: Settings, service: str, message: str) -> StackError:
+    path = logfile(settings, service)
+    return StackError(f"{service}: {message}\n--- last lines of {path} ---\n{log_tail(path)}")
+
+
+def _start(settings: Settings, service: str) -> subprocess.Popen:
+    busy = [f"{n}={p}" for n, p in _http_ports(settings, service).items() if _port_busy(p, settings.host)]
+    if busy:
+        raise StackError(
+            f"{service}: port(s) already in use by another process: {', '.join(busy)}; "
+            f"free them or set CAMPAIGNOPS_<NAME>_PORT (e.g. CAMPAIGNOPS_{busy[0].split('=')[0].upper()}_PORT)")
+    cmd, env, cwd = _SPECS[service](settings)
+    logs_dir(settings).mkdir(parents=True, exist_ok=True)
+    run_dir(settings).mkdir(parents=True, exist_ok=True)
+    with open(logfile(settings, service), "ab") as out:
+        out.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {service}: {' '.join(cmd)}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    start_time = None
+    for _ in range(50):
+        start_time = _proc_start_time(proc.pid)
+        if start_time is not None:
+            break
+        time.sleep(0.01)
+    info = {"service": service, "pid": proc.pid, "pgid": proc.pid, "start_time": start_time or 0,
+            "cmdline": cmd, "started_at": time.time(), "url": _local_url(settings, service)}
+    path = pidfile(settings, service)
+    tmp = path.with_suffix(".pid.tmp")
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, path)
+    return proc
+
+
+def _wait_healthy(settings: Settings, service: str, timeout: float, proc: subprocess.Popen | None,
+                  info: dict | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    reason = "not checked"
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise _fail(settings, service, f"process exited with code {proc.returncode} before becoming healthy")
+        if proc is None and info is not None and not _is_ours(info):
+            raise _fail(settings, service, "process exited before becoming healthy")
+        ok, reason = check(settings, service)
+        if ok:
+            return
+        if time.monotonic() > deadline:
+            raise _fail(settings, service, f"not healthy after {timeout:.0f}s (last check: {reason})")
+        time.sleep(1)
+
+
+def up(settings: Settings, services: Iterable[str] = SERVICES,
+       progress: Callable[[str], None] | None = None) -> None:
+    """Start the requested services (in dependency order) unless already running and healthy; wait
+    until each is healthy. On failure the service just started is stopped again and StackError
+    (quoting the tail of its log) is raised."""
+    say = progress or log.info
+    wanted = set(services)
+    unknown = wanted - set(SERVICES)
+    if unknown:
+        raise ValueError(f"unknown service(s): {sorted(unknown)}; choose from {SERVICES}")
+    timeout = float(settings.params["stack"].get("start_timeout_s", 180))
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    ensure_credentials(settings)
+    _server_secrets(settings)
+    for service in SERVICES:
+        if service not in wanted:
+            continue
+        t0 = time.monotonic()
+        info = read_pidfile(settings, service)
+        if info and _is_ours(info):
+            ok, _ = check(settings, service)
+            if not ok:  # maybe still starting (another `up`): give it the usual time
+                _wait_healthy(settings, service, timeout, None, info)
+            say(f"{service}: already running (pid {info['pid']}) at {_local_url(settings, service)}")
+        else:
+            if info:  # stale pidfile; clean up leftovers of our old group, if any
+                _stop({service: info}, timeout=5)
+                pidfile(settings, service).unlink(missing_ok=True)
+            proc = _start(settings, service)
+            try:
+                _wait_healthy(settings, service, timeout, proc)
+            except BaseException:
+                stale = read_pidfile(settings, service)
+                if stale:
+                    _stop({service: stale}, timeout=5)
+                pidfile(settings, service).unlink(missing_ok=True)
+                raise
+            say(f"{service}: healthy at {_local_url(settings, service)} (pid {proc.pid}, "
+                f"{time.monotonic() - t0:.1f}s)")
+        if service == "s3":
+            _ensure_bucket(settings)
+
+
+def _ensure_bucket(settings: Settings) -> None:
+    import boto3
+    from botocore.config import Config
+
+    from campaignops.pipelines.storage import ObjectStore
+
+    client = boto3.client(
+        "s3", endpoint_url=_local_url(settings, "s3"), region_name="us-east-1",
+        aws_access_key_id=settings.env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=settings.env["AWS_SECRET_ACCESS_KEY"],
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5}),
+    )
+    ObjectStore(settings, client=client).ensure_bucket()
+
+
+def down(settings: Settings, services: Iterable[str] = SERVICES, timeout: float = 10.0) -> list[str]:
+    """Stop the process groups recorded in the pidfiles (SIGTERM, then SIGKILL after `timeout`).
+    A pidfile whose pid now belongs to another process is discarded without killing anything.
+    Returns the services that were stopped."""
+    wanted = set(services)
+    infos: dict[str, dict] = {}
+    for service in reversed(SERVICES):
+        info = read_pidfile(settings, service) if service in wanted else None
+        if info is not None:
+            infos[service] = info
+    stopped = _stop(infos, timeout)
+    for service in wanted & set(SERVICES):
+        pidfile(settings, service).unlink(missing_ok=True)
+    return [s for s in reversed(SERVICES) if s in stopped]
+
+
+def status(settings: Settings, services: Iterable[str] = SERVICES) -> list[dict]:
+    """One dict per service: service, url, pid, running, healthy, detail, log."""
+    out = []
+    if settings.env_file.exists() and not settings.env:
+        settings.env.update(_read_env_file(settings.env_file))
+    for service in services:
+        info = read_pidfile(settings, service)
+        running = bool(info and _is_ours(info))
+        healthy, detail = check(settings, service, timeout=5) if running else (False, "not running")
+        out.append({
+            "service": service, "url": _local_url(settings, service),
+            "pid": int(info["pid"]) if running else None, "running": running, "healthy": healthy,
+            "detail": detail, "log": str(logfile(settings, service)),
+        })
+    return out
