@@ -6,8 +6,19 @@ quarantine `_rule` column, in error messages and in the validation report, so ke
 when editing rules (add new ids rather than renaming old ones).
 
 Rule levels:
-- batch: schema (column set/order, types), non-empty table. A failure rejects the whole batch.
+- batch: schema (column set/order, types), readable files (parquet, or UTF-8 comma-separated
+  CSV), non-empty table, volume within a band of the previous batch, quarantine share under the
+  threshold. A failure fails the whole batch.
 - row: one bad row is quarantined with the ids of every rule it broke.
+
+Cleaning (not rules: nothing is quarantined, every change is counted in the report):
+- exact duplicate events (same user_id, event_type, category, price, ts, whatever the event_id)
+  are removed, keeping the first copy in file/row order (`DEDUP_KEYS`);
+- missing categorical values are filled on the valid rows (`FILLS`).
+
+Engines: the GX suite (`build_suite`) is the contract; `sql_predicates` translates the same
+expectation specs, one by one, into DuckDB predicates that find the failing rows of a whole
+batch out of core. Every run cross-checks the two on a sample (validate.py).
 """
 from __future__ import annotations
 
@@ -36,6 +47,19 @@ NULLABLE: dict[str, frozenset[str]] = {
 }
 
 AGE_RANGE = (13, 110)
+MAX_STRING_LENGTH = 1024  # default of params validate.max_string_length
+
+# Declared cleaning rules (see module docstring). Fills apply to valid rows only; quarantined
+# rows keep their raw values.
+FILLS: dict[str, dict[str, str]] = {
+    "users": {"region": "unknown", "occupation": "unknown"},
+    "events": {"category": "unknown"},
+    "campaigns": {},   # a null target_category means "no target category", not unknown
+    "exposures": {},
+}
+DEDUP_KEYS: dict[str, tuple[str, ...]] = {
+    "events": ("user_id", "event_type", "category", "price", "ts"),
+}
 
 BATCH = "batch"
 ROW = "row"
@@ -69,7 +93,15 @@ def schema_rules(table: str) -> list[Rule]:
              "the files hold as many rows as the manifest says", "arrow"),
         Rule(rule_id(table, "file", "present"), table, BATCH, "every listed file can be fetched", "arrow"),
         Rule(rule_id(table, "file", "unchanged"), table, BATCH, "every file's ETag is the one seen at ingest", "arrow"),
-        Rule(rule_id(table, "file", "readable"), table, BATCH, "every file is readable parquet", "arrow"),
+        Rule(rule_id(table, "file", "readable"), table, BATCH,
+             "every file is readable parquet or CSV (non-empty, not truncated)", "arrow"),
+        Rule(rule_id(table, "file", "encoding"), table, BATCH, "CSV files are UTF-8", "arrow"),
+        Rule(rule_id(table, "file", "delimiter"), table, BATCH, "CSV files are comma-separated with a header", "arrow"),
+        Rule(rule_id(table, "rows", "volume"), table, BATCH,
+             "rows in is within [volume_min_ratio, volume_max_ratio] x the previous batch's (first batch: noted)",
+             "history"),
+        Rule(rule_id(table, "rows", "quarantine_rate"), table, BATCH,
+             "quarantined share of rows <= max_quarantine_rate", "report"),
     ]
 
 
@@ -150,7 +182,7 @@ def to_pandas(table: pa.Table):
     return table.to_pandas(types_mapper=mapping.get)
 
 
-def _row_specs(table: str, now: datetime) -> list[tuple[str, str, type, dict]]:
+def _row_specs(table: str, now: datetime, max_len: int = MAX_STRING_LENGTH) -> list[tuple[str, str, type, dict]]:
     """(rule id, description, expectation class, kwargs) for the row-level GX rules of a table."""
     import great_expectations.expectations as gxe
 
@@ -202,6 +234,10 @@ def _row_specs(table: str, now: datetime) -> list[tuple[str, str, type, dict]]:
         in_set("responded", (0, 1))
         between("revenue", lo=0, name="non_negative", desc="revenue >= 0")
         between("exposure_ts", hi=now, name="not_future", desc=f"exposure_ts {now_desc}")
+    for f in SCHEMAS[table]:
+        if pa.types.is_string(f.type):
+            specs.append((rule_id(table, f.name, "max_length"), f"len({f.name}) <= {max_len}",
+                          gxe.ExpectColumnValueLengthsToBeBetween, {"column": f.name, "max_value": max_len}))
     return specs
 
 
@@ -222,12 +258,12 @@ def _batch_specs(table: str) -> list[tuple[str, str, type, dict]]:
     return specs
 
 
-def build_suite(table: str, now: datetime):
+def build_suite(table: str, now: datetime, max_len: int = MAX_STRING_LENGTH):
     """The GX ExpectationSuite for one raw table. `now` is the batch's as-of time (time sanity)."""
     import great_expectations as gx
 
     expectations = [cls(**kwargs, meta={"rule_id": rid, "level": level}, description=f"[{rid}] {desc}")
-                    for level, specs in ((BATCH, _batch_specs(table)), (ROW, _row_specs(table, now)))
+                    for level, specs in ((BATCH, _batch_specs(table)), (ROW, _row_specs(table, now, max_len)))
                     for rid, desc, cls, kwargs in specs]
     # Built without a data context (add_expectation would need one); add it with context.suites.add.
     return gx.ExpectationSuite(name=f"raw.{table}", expectations=expectations,
@@ -249,3 +285,88 @@ def rules(table: str, now: datetime | None = None) -> list[Rule]:
 
 def all_rule_ids() -> list[str]:
     return [r.id for t in TABLES for r in rules(t)]
+
+
+# --------------------------------------------------------------------------- SQL twin of the suite
+
+def _sql_literal(v) -> str:
+    if isinstance(v, datetime):
+        return f"TIMESTAMP '{v.isoformat(sep=' ')}'"
+    if isinstance(v, str):
+        return "'" + v.replace("'", "''") + "'"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    raise TypeError(f"no SQL literal for {v!r}")
+
+
+def _q(col: str) -> str:
+    return f'x."{col}"'
+
+
+def sql_predicates(table: str, now: datetime, rel: str, max_len: int = MAX_STRING_LENGTH) -> list[tuple[str, str]]:
+    """(rule id, DuckDB predicate true for a failing row) for every GX row rule of `table`, in
+    suite order, translated from the same specs `build_suite` uses. The row is aliased `x`;
+    uniqueness is over relation `rel`. Semantics follow GX's pandas engine: map expectations
+    ignore nulls (and NaN, which pandas counts as null)."""
+    floats = {f.name for f in SCHEMAS[table] if pa.types.is_floating(f.type)}
+
+    def present(c):
+        return f"{_q(c)} IS NOT NULL" + (f" AND NOT isnan({_q(c)})" if c in floats else "")
+
+    out = []
+    for rid, _, cls, kw in _row_specs(table, now, max_len):
+        name = cls.__name__
+        c = kw.get("column")
+        if name == "ExpectColumnValuesToNotBeNull":
+            pred = f"NOT ({present(c)})"
+        elif name == "ExpectColumnValuesToBeUnique":
+            pred = f'{_q(c)} IN (SELECT "{c}" FROM {rel} GROUP BY ALL HAVING count(*) > 1)'
+        elif name == "ExpectCompoundColumnsToBeUnique":
+            cols = kw["column_list"]
+            sel = ", ".join(f'"{k}"' for k in cols)
+            match = " AND ".join(f'd."{k}" IS NOT DISTINCT FROM {_q(k)}' for k in cols)
+            pred = (f"NOT ({' AND '.join(f'{_q(k)} IS NULL' for k in cols)}) AND EXISTS (SELECT 1 FROM "
+                    f"(SELECT {sel} FROM {rel} GROUP BY ALL HAVING count(*) > 1) d WHERE {match})")
+        elif name == "ExpectColumnValuesToBeBetween":
+            bounds = []
+            if "min_value" in kw:
+                bounds.append(f"{_q(c)} < {_sql_literal(kw['min_value'])}")
+            if "max_value" in kw:
+                bounds.append(f"{_q(c)} > {_sql_literal(kw['max_value'])}")
+            pred = f"{present(c)} AND ({' OR '.join(bounds)})"
+        elif name in ("ExpectColumnValuesToBeInSet", "ExpectColumnValuesToNotBeInSet"):
+            values = ", ".join(_sql_literal(v) for v in kw["value_set"])
+            neg = "NOT " if name == "ExpectColumnValuesToBeInSet" else ""
+            pred = f"{present(c)} AND {_q(c)} {neg}IN ({values})"
+        elif name == "ExpectColumnPairValuesAToBeGreaterThanB":
+            a, b = kw["column_A"], kw["column_B"]
+            op = ">=" if kw.get("or_equal") else ">"
+            pred = f"{present(a)} AND {present(b)} AND NOT ({_q(a)} {op} {_q(b)})"
+        elif name == "ExpectColumnValueLengthsToBeBetween":
+            pred = f"{present(c)} AND length({_q(c)}) > {int(kw['max_value'])}"
+        else:
+            raise NotImplementedError(f"no SQL translation for {name} (rule {rid}); add one beside the spec")
+        out.append((rid, pred))
+    return out
+
+
+def cross_table_predicates(table: str) -> list[tuple[str, str]]:
+    """(rule id, predicate) of the cross-table rules, over relations `valid_users(user_id)`,
+    `valid_campaigns(campaign_id, variant_id, start_ts, end_ts)` (parents that passed their own
+    rules); the row is aliased `x`."""
+    if table == "events":
+        return [("events.user_id.in_users",
+                 "x.user_id IS NOT NULL AND x.user_id NOT IN (SELECT user_id FROM valid_users)")]
+    if table == "exposures":
+        return [
+            ("exposures.user_id.in_users",
+             "x.user_id IS NOT NULL AND x.user_id NOT IN (SELECT user_id FROM valid_users)"),
+            ("exposures.variant_id.in_campaigns",
+             f"x.campaign_id IS NOT NULL AND x.variant_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM valid_campaigns c "
+             f"WHERE c.campaign_id = x.campaign_id AND (c.variant_id = x.variant_id OR x.variant_id = '{CONTROL}'))"),
+            ("exposures.exposure_ts.in_campaign_window",
+             "EXISTS (SELECT 1 FROM (SELECT campaign_id, min(start_ts) AS s, max(end_ts) AS e FROM valid_campaigns "
+             "GROUP BY campaign_id) w WHERE w.campaign_id = x.campaign_id "
+             "AND (x.exposure_ts < w.s OR x.exposure_ts > w.e))"),
+        ]
+    return []
