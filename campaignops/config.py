@@ -94,6 +94,7 @@ class Settings:
                 "AWS_ENDPOINT_URL_S3": self.s3_endpoint,
                 "MLFLOW_TRACKING_URI": self.mlflow_uri,
                 "AWS_DEFAULT_REGION": env.get("AWS_DEFAULT_REGION", "us-east-1"),
+                "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": env.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
             }
         )
         return env

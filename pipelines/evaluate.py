@@ -145,7 +145,7 @@ def run(settings: Settings) -> dict:
     client = mlflow.MlflowClient()
     try:
         mv = client.get_model_version_by_alias(model_name, "champion")
-        champion_version = mv.version
+        champion_version = str(mv.version)
         champ_model = mlflow.pyfunc.load_model(f"models:/{model_name}@champion").unwrap_python_model()
         champion = holdout_metrics(frame, predict_expanded(champ_model, expanded), truth)
     except mlflow.exceptions.MlflowException as exc:

@@ -50,15 +50,15 @@ def run(settings: Settings) -> dict:
     current = _alias_version(client, name, "champion")
     if current is not None and current.run_id == evaluation["run_id"]:
         return {"promoted": False, "reasons": ["candidate is already the champion"], "model_name": name,
-                "champion_version": current.version}
+                "champion_version": str(current.version)}
     version = mlflow.register_model(evaluation["model_uri"], name)
     for key, value in lineage_tags(settings, evaluation).items():
         client.set_model_version_tag(name, version.version, key, value)
     if current is not None:
         client.set_registered_model_alias(name, "previous", current.version)
     client.set_registered_model_alias(name, "champion", version.version)
-    return {"promoted": True, "model_name": name, "champion_version": version.version,
-            "previous_version": current.version if current else None}
+    return {"promoted": True, "model_name": name, "champion_version": str(version.version),
+            "previous_version": str(current.version) if current else None}
 
 
 def rollback(settings: Settings) -> dict:
@@ -74,7 +74,7 @@ def rollback(settings: Settings) -> dict:
     client.set_registered_model_alias(name, "champion", previous.version)
     client.set_registered_model_alias(name, "previous", current.version)
     client.set_model_version_tag(name, previous.version, "rollback_from", current.version)
-    return {"model_name": name, "champion_version": previous.version, "previous_version": current.version}
+    return {"model_name": name, "champion_version": str(previous.version), "previous_version": str(current.version)}
 
 
 def _alias_version(client, name: str, alias: str):

@@ -50,12 +50,12 @@ def run(settings: Settings, campaign_id: str | None = None, budget: float | None
     arms = campaign_arms(con).to_pandas()
     arms = arms[arms["campaign_id"] == campaign_id]
     if arms.empty:
-        known = sorted(con.sql("SELECT DISTINCT campaign_id FROM campaigns").fetchnumpy()["campaign_id"])
+        known = sorted(r[0] for r in con.execute("SELECT DISTINCT campaign_id FROM campaigns").fetchall())
         raise ValueError(f"campaign {campaign_id!r} is not in the validated campaigns table; known: {known}")
     treatments = arms[arms["variant_id"] != CONTROL].sort_values("variant_id")
     ordered = pa.Table.from_pandas(
         _control_last(arms), preserve_index=False)
-    start = con.sql(f"SELECT min(start_ts) FROM campaigns WHERE campaign_id = '{campaign_id}'").fetchone()[0]
+    start = con.execute("SELECT min(start_ts) FROM campaigns WHERE campaign_id = ?", [campaign_id]).fetchone()[0]
     users = scoring_frame(con, start.isoformat(sep=" "), model.meta)
     users = users.append_column("campaign_id", pa.array([campaign_id] * users.num_rows))
     expanded = attach_arms(users, ordered, "user_id", every_arm=True)
