@@ -52,7 +52,8 @@ def inject_bad_events(store, manifest: dict) -> int:
     bad = events.slice(0, 3).to_pylist()
     bad[0]["price"] = -5.0
     bad[1]["event_type"] = "teleport"
-    bad[2]["event_id"] = events.column("event_id")[10].as_py()  # duplicate key
+    bad[2]["event_id"] = events.column("event_id")[10].as_py()  # duplicate key (not an exact copy)
+    bad[2]["price"] = 123.45
     for i, row in enumerate(bad[:2]):
         row["event_id"] = f"bad-{i}"
     store.write_table(pa.concat_tables([events, pa.Table.from_pylist(bad, events.schema)]), key)
@@ -133,6 +134,9 @@ def test_retrain_and_score_through_airflow(stack):
     quarantined = pa.concat_tables([store.read_table(k) for k in keys]).to_pylist()
     rules = {r["event_id"]: r["_rule"] for r in quarantined}
     assert "price" in rules["bad-0"] and "event_type" in rules["bad-1"]
-    assert len(quarantined) >= n_bad
+    dup_id = [r for r in quarantined if r["event_id"] not in ("bad-0", "bad-1")]
+    assert len(dup_id) == 2 and all("unique" in r["_rule"] for r in dup_id)  # every copy of a duplicated key
+    assert all(r["_source_file"] and r["_source_row"] is not None for r in quarantined)
+    assert len(quarantined) == n_bad + 1
     report = json.loads((settings.workspace / "reports" / "validation.json").read_text())
     assert report["run_id"] == champion.tags["validation.run_id"]
