@@ -140,3 +140,11 @@ def test_retrain_and_score_through_airflow(stack):
     assert len(quarantined) == n_bad + 1
     report = json.loads((settings.workspace / "reports" / "validation.json").read_text())
     assert report["run_id"] == champion.tags["validation.run_id"]
+    assert store.list_keys(f"validation/{manifest['batch']}/{report['run_id']}/docs/")  # Data Docs in S3
+
+    # DVC: outputs pushed to the S3 remote; an unchanged repro does nothing.
+    from campaignops.pipelines.versioning import repro
+
+    assert store.list_keys("dvc/")
+    for stage in ("validate", "features", "train"):
+        assert repro(settings, stage, push=False)["ran"] is False
