@@ -65,6 +65,7 @@ META_COLS = ("_rule", "_source_file", "_source_row")
 HISTORY_KEY = "validation/_history.json"
 INVARIANT = "rows_in = rows_valid + rows_quarantined + rows_deduplicated (per table)"
 CSV_SUFFIXES = (".csv",)
+SMALL_TABLE_ROWS = 1_000_000  # valid rows of smaller tables are written with one query, larger per part
 
 
 class ValidationFailed(RuntimeError):
@@ -368,6 +369,9 @@ class Engine:
         if threads:
             self.con.execute(f"SET threads = {int(threads)}")
         self.con.execute("SET preserve_insertion_order = false")
+        # DuckDB folds isnan(x) to false from parquet min/max statistics, which exclude NaN
+        # (DuckDB 2.0); NaN must reach the not_null rules, so no statistics propagation.
+        self.con.execute("SET disabled_optimizers = 'statistics_propagation'")
         self.staged: dict[str, Staged] = {}
         self.summary: dict[str, dict] = {}
 
@@ -411,10 +415,10 @@ class Engine:
                 cand AS (SELECT _f, _r, {cols} FROM v_{t} WHERE hash({cols}) IN (SELECT h FROM c))
                 SELECT _f, _r FROM (SELECT _f, _r, row_number() OVER (PARTITION BY {cols} ORDER BY _f, _r) AS rn
                                     FROM cand) WHERE rn > 1""", "finding exact duplicates")
+            con.execute(f"""CREATE OR REPLACE TEMP VIEW n_{t} AS SELECT * FROM v_{t} v
+                            WHERE NOT EXISTS (SELECT 1 FROM d_{t} d WHERE d._f = v._f AND d._r = v._r)""")
         else:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE d_{t} (_f INTEGER, _r BIGINT)")
-        con.execute(f"""CREATE OR REPLACE TEMP VIEW n_{t} AS SELECT * FROM v_{t} v
-                        WHERE NOT EXISTS (SELECT 1 FROM d_{t} d WHERE d._f = v._f AND d._r = v._r)""")
+            con.execute(f"CREATE OR REPLACE TEMP VIEW n_{t} AS SELECT * FROM v_{t}")
         preds = suites.sql_predicates(t, self.now, f"n_{t}", self.max_len) + suites.cross_table_predicates(t)
         cases = ", ".join(f"CASE WHEN {p} THEN {_sql_str(rid)} END" for rid, p in preds)
         self._run(st, f"""CREATE OR REPLACE TEMP TABLE b_{t} AS
@@ -427,10 +431,12 @@ class Engine:
             con.execute("""CREATE OR REPLACE TEMP TABLE valid_campaigns AS
                            SELECT campaign_id, variant_id, start_ts, end_ts FROM n_campaigns v
                            WHERE NOT EXISTS (SELECT 1 FROM b_campaigns b WHERE b._f = v._f AND b._r = v._r)""")
-        n_dup = con.execute(f"SELECT count(*) FROM d_{t}").fetchone()[0]
-        n_bad = con.execute(f"SELECT count(*) FROM b_{t}").fetchone()[0]
-        counts = dict(con.execute(f"""SELECT r, count(*) AS n FROM (SELECT unnest(string_split(_rule, ';')) AS r
-                                      FROM b_{t}) GROUP BY r ORDER BY n DESC, r""").fetchall())
+        dup_count = f"(SELECT count(*) FROM d_{t})" if keys else "0"
+        n_dup, n_bad = con.execute(f"SELECT {dup_count}, (SELECT count(*) FROM b_{t})").fetchall()[0]
+        counts = {}
+        if n_bad:
+            counts = dict(con.execute(f"""SELECT r, count(*) AS n FROM (SELECT unnest(string_split(_rule, ';')) AS r
+                                          FROM b_{t}) GROUP BY r ORDER BY n DESC, r""").fetchall())
         s = {"rows_in": st.n, "rows_deduplicated": int(n_dup), "rows_quarantined": int(n_bad),
              "rows_valid": st.n - int(n_dup) - int(n_bad), "rule_counts": {k: int(v) for k, v in counts.items()},
              "files": len(st.files)}
@@ -440,6 +446,9 @@ class Engine:
     def quarantine(self, t: str) -> pa.Table:
         """Failing rows (raw values) with _rule, _source_file, _source_row, in file/row order."""
         st = self.staged[t]
+        if not self.summary[t]["rows_quarantined"]:
+            return pa.schema(list(SCHEMAS[t]) + [pa.field("_rule", pa.string()), pa.field("_source_file", pa.string()),
+                                                 pa.field("_source_row", pa.int64())]).empty_table()
         cols = ", ".join(f'v."{c}"' for c in SCHEMAS[t].names)
         q = self._run(st, f"""SELECT {cols}, b._rule, b._f, b._r FROM n_{t} v JOIN b_{t} b USING (_f, _r)
                               ORDER BY b._f, b._r""", "writing the quarantine", lambda r: r.to_arrow_table())
@@ -457,11 +466,19 @@ class Engine:
         fill = suites.FILLS.get(t, {})
         if fills is not None:
             fills.update({c: fills.get(c, 0) for c in fill})
-        for i in range(len(st.paths)):
-            sql = f"""SELECT {cols} FROM ({self._part_sql(st, i)}) v
-                      WHERE NOT EXISTS (SELECT 1 FROM d_{t} d WHERE d._f = {i} AND d._r = v._r)
-                        AND NOT EXISTS (SELECT 1 FROM b_{t} b WHERE b._f = {i} AND b._r = v._r)
-                      ORDER BY _r"""
+        s = self.summary[t]
+        dedup = bool(suites.DEDUP_KEYS.get(t)) and s["rows_deduplicated"] > 0
+        # one query per part file keeps memory bounded by a part; small tables: one query
+        groups = [None] if st.n <= SMALL_TABLE_ROWS else range(len(st.paths))
+        for i in groups:
+            src = f"n_{t}" if i is None else f"({self._part_sql(st, i)})"
+            conds = []
+            if dedup and i is not None:
+                conds.append(f"NOT EXISTS (SELECT 1 FROM d_{t} d WHERE d._f = {i} AND d._r = v._r)")
+            if s["rows_quarantined"]:
+                conds.append(f"NOT EXISTS (SELECT 1 FROM b_{t} b WHERE b._f = v._f AND b._r = v._r)")
+            where = ("WHERE " + " AND ".join(conds)) if conds else ""
+            sql = f"SELECT {cols} FROM {src} v {where} ORDER BY _f, _r"
             reader = self._run(st, sql, "writing valid rows", lambda r: r.to_arrow_reader(256_000))
             for batch in reader:
                 tbl = pa.Table.from_batches([batch]).cast(SCHEMAS[t])
