@@ -251,3 +251,64 @@ def test_interrupted_run_leaves_previous_validated_intact(s3, monkeypatch):
         run_validate(settings, store, world)
     assert {p.name: p.read_bytes() for p in vdir.iterdir()} == before
     assert not [p for p in vdir.parent.iterdir() if p.name.startswith(".validated")]
+
+
+def test_dedup_and_fills_are_counted_and_invariant_holds(s3):
+    settings, store = s3
+    world = clean_world()
+    ev = world["events"]
+    ev.append(dict(ev[0]))                        # exact copy, same event_id
+    ev.append(dict(ev[1], event_id="copy-of-1"))  # exact copy, new event_id
+    ev[5]["category"] = "x" * (10 * 1024 * 1024)  # a 10 MB string: quarantined by max length
+    world["users"][3]["region"] = None
+    report = run_validate(settings, store, world)
+    e = report["tables"]["events"]
+    assert e["rows_in"] == 42 and e["rows_deduplicated"] == 2 and e["rows_quarantined"] == 1
+    assert e["rows_in"] == e["rows_valid"] + e["rows_quarantined"] + e["rows_deduplicated"]
+    assert e["rule_counts"] == {"events.category.max_length": 1}
+    assert "rows_deduplicated" in report["invariant"]
+    assert e["fills"] == {"category": 10}  # k == 3 for each of the 10 users
+    assert report["tables"]["users"]["fills"] == {"region": 1, "occupation": 1}
+    vdir = settings.workspace / layout.VALIDATED_DIR
+    users = pq.read_table(vdir / "users.parquet")
+    assert users.column("region").null_count == 0 and "unknown" in users.column("region").to_pylist()
+    events = pq.read_table(vdir / "events.parquet")
+    assert events.num_rows == 39 and events.column("category").null_count == 0
+    assert events.schema.equals(SCHEMAS["events"])
+
+
+def test_volume_band_against_previous_batch(s3):
+    settings, store = s3
+
+    def run_batch(batch, n_users):
+        settings.params["data"]["batch"] = batch
+        return run_validate(settings, store, clean_world(n_users=n_users), batch=batch)
+
+    first = run_batch("v1", 10)
+    assert first["tables"]["events"]["volume"]["status"] == "first"
+    ok = run_batch("v2", 12)
+    assert ok["tables"]["events"]["volume"]["status"] == "ok"
+    with pytest.raises(validate.ValidationFailed, match=r"events\.rows\.volume.*previous batch 'v2'"):
+        run_batch("v3", 40)
+
+
+def test_csv_parts_are_read_with_contract_types_and_bad_ones_named(s3):
+    settings, store = s3
+    import pyarrow.csv as pacsv
+
+    world = clean_world()
+    manifest = land(store, world)
+    key = manifest["tables"]["users"]["files"][0].replace(".parquet", ".csv")
+    buf = io.BytesIO()
+    half = -(-len(world["users"]) // 2)
+    pacsv.write_csv(pa.Table.from_pylist(world["users"][:half], SCHEMAS["users"]), buf)
+    store.put_bytes(key, buf.getvalue())
+    manifest["tables"]["users"]["files"][0] = key
+    store.put_json(layout.raw_manifest_key(BATCH), manifest)
+    ingest.ingest(settings, store=store)
+    report = validate.run(settings, store=store)
+    assert report["passed"] and report["tables"]["users"]["rows_valid"] == len(world["users"])
+    store.put_bytes(key, buf.getvalue().replace(b",", b";"))
+    ingest.ingest(settings, store=store)
+    with pytest.raises(validate.BatchRejected, match=r"users\.file\.delimiter.*users/part-00000\.csv"):
+        validate.run(settings, store=store)
