@@ -47,9 +47,10 @@ def stack_status() -> None:
     """Each service, its URL and health."""
     from campaignops.infra import stack
 
-    table = Table("service", "url", "pid", "running", "healthy")
+    table = Table("service", "url", "pid", "running", "healthy", "detail")
     for s in stack.status(load_settings()):
-        table.add_row(str(s["name"]), str(s["url"]), str(s.get("pid") or "-"), str(s["running"]), str(s["healthy"]))
+        table.add_row(str(s["service"]), str(s["url"]), str(s.get("pid") or "-"), str(s["running"]), str(s["healthy"]),
+                      str(s.get("detail") or ""))
     console.print(table)
 
 
