@@ -50,7 +50,7 @@ def main() -> None:
                   f"spent {scored['spent']:.2f} of {scored['budget']:.2f})")
     console.print(f"manifest: {latest['manifest']}")
     console.print(f"Airflow:  {settings.airflow_url}  (user {settings.airflow_user}, password in {settings.env_file})")
-    console.print(f"MLflow:   {settings.mlflow_uri}")
+    console.print(f"MLflow:   {settings.mlflow_uri}  (user {settings.env.get('MLFLOW_TRACKING_USERNAME', '-')}, password in {settings.env_file})")
     console.print(f"S3:       {settings.s3_endpoint}  (keys in {settings.env_file})")
     console.print(f"wall time: {time.perf_counter() - t0:.0f} s.  Stop the stack with `make down`.")
 

@@ -13,6 +13,7 @@ from campaignops.pipelines.storage import ObjectStore
 
 @pytest.fixture
 def chain_env(workspace, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # MLflow with a SQLite store writes artifacts under ./mlruns
     params = yaml.safe_load((workspace.workspace / "params.yaml").read_text())
     params["train"]["epochs"] = 2
     params["evaluate"].update(min_auc=0.0, max_logloss=10.0, min_qini=-10.0, min_policy_value_fraction=-10.0)
