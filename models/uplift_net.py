@@ -1,37 +1,127 @@
-"""The campaign response network: a GRU encoder over the behaviour sequence, joined with the
-user profile and the candidate arm's attributes, with response and revenue heads.
-Scoring one user under every arm (control included) gives per-variant uplift."""
+"""The campaign response network.
+
+Inputs {"seq", "profile", "variant"} (models/inputs.encode), outputs "response" (probability)
+and "revenue" (expected revenue / revenue_scale). Architecture (sizes in params.yaml `train:`):
+
+- a shared GRU encoder over the behaviour-token sequence (left-padded, masked); its last
+  state summarises the user, optionally refined by one block of masked self-attention;
+- target attention: the candidate arm (its encoded attributes, incl. target-category
+  affinity) is the query over the per-step sequence embeddings, so what the user did that
+  matters for *this* arm (e.g. recent interest in the bundle's category) is pooled per arm;
+- an explicit uplift parameterisation
+      logit p(arm) = base(user) + delta(user, arm) · (1 − is_control),
+  so the control arm's prediction depends on the user only, and every treatment's uplift is
+  carried by delta; scoring one user under every arm gives per-variant uplift directly;
+- revenue = p(arm) · basket(user, arm) (softplus), i.e. expected revenue incl. non-responders.
+
+Only built-in Keras layers are used, so the saved .keras file loads without custom objects
+(the pyfunc wrapper loads it with plain keras.saving.load_model).
+`sequence=False` builds the same network without the sequence encoder (the non-sequence MLP
+baseline of models/baselines.py)."""
 from __future__ import annotations
 
+DEFAULTS = {
+    "embed_dim": 16,
+    "gru_units": 32,
+    "dense_units": [64, 32],
+    "dropout": 0.1,
+    "learning_rate": 0.002,
+    "attention_heads": 2,
+    "self_attention": False,
+    "uplift_head": True,
+    "revenue_loss_weight": 0.01,
+}
 
-def build_model(meta: dict, params: dict, n_profile: int, n_variant: int):
+
+def _p(params: dict, key: str):
+    return params.get(key, DEFAULTS[key])
+
+
+def build_model(meta: dict, params: dict, n_profile: int, n_variant: int, sequence: bool = True):
     import keras
     from keras import layers
 
-    n_cat = len(meta["vocab"]["categories"]) + 1
-    vocab_size = 1 + len(meta["vocab"]["event_types"]) * n_cat
+    units = list(_p(params, "dense_units"))
+    dropout = float(_p(params, "dropout"))
     seq_in = keras.Input((meta["seq_len"],), dtype="int32", name="seq")
     profile_in = keras.Input((n_profile,), name="profile")
     variant_in = keras.Input((n_variant,), name="variant")
 
-    emb = layers.Embedding(vocab_size, params["embed_dim"], mask_zero=True, name="token_embedding")(seq_in)
-    seq_vec = layers.GRU(params["gru_units"], name="sequence_encoder")(emb)
     profile = layers.Normalization(name="profile_norm")(profile_in)
-    user = layers.Concatenate(name="user")([seq_vec, profile])
-    user = layers.Dense(params["dense_units"][0], activation="relu", name="user_dense")(user)
-    # Explicit user × arm interaction so uplift can differ by user, plus the plain concat.
-    arm = layers.Dense(params["dense_units"][0], activation="relu", name="arm_dense")(variant_in)
-    x = layers.Concatenate()([user, arm, layers.Multiply(name="user_x_arm")([user, arm])])
-    for i, units in enumerate(params["dense_units"]):
-        x = layers.Dense(units, activation="relu", name=f"head_dense_{i}")(x)
-        x = layers.Dropout(params["dropout"])(x)
-    response = layers.Dense(1, activation="sigmoid", name="response")(x)
-    revenue = layers.Dense(1, activation="softplus", name="revenue")(x)
-    model = keras.Model([seq_in, profile_in, variant_in], [response, revenue], name="campaign_response")
+    arm = layers.Dense(units[0], activation="relu", name="arm_dense")(variant_in)
+
+    user_parts, arm_parts = [profile], [arm]
+    if sequence:
+        n_cat = len(meta["vocab"]["categories"]) + 1
+        vocab_size = 1 + len(meta["vocab"]["event_types"]) * n_cat
+        g = int(_p(params, "gru_units"))
+        emb = layers.Embedding(vocab_size, int(_p(params, "embed_dim")), mask_zero=True,
+                               name="token_embedding")(seq_in)
+        steps, last = layers.GRU(g, return_sequences=True, return_state=True, name="sequence_encoder")(emb)
+        heads = int(_p(params, "attention_heads"))
+        if _p(params, "self_attention"):
+            att = layers.MultiHeadAttention(heads, key_dim=max(g // heads, 4), name="self_attention")(steps, steps)
+            steps = layers.LayerNormalization(name="self_attention_norm")(layers.Add()([steps, att]))
+        # Target attention: the arm is the query over the sequence (padding masked out).
+        query = layers.Reshape((1, g))(layers.Dense(g, name="arm_query")(variant_in))
+        ctx = layers.MultiHeadAttention(heads, key_dim=max(g // heads, 4), name="target_attention")(query, steps)
+        ctx = layers.Flatten(name="target_context")(ctx)
+        user_parts.insert(0, last)
+        arm_parts.append(ctx)
+
+    user = layers.Concatenate(name="user")(user_parts) if len(user_parts) > 1 else user_parts[0]
+    user = layers.Dense(units[0], activation="relu", name="user_dense")(user)
+    arm_ctx = layers.Concatenate(name="arm_context")(arm_parts) if len(arm_parts) > 1 else arm
+    arm_ctx = layers.Dense(units[0], activation="relu", name="arm_context_dense")(arm_ctx)
+    x = layers.Concatenate()([user, arm_ctx, layers.Multiply(name="user_x_arm")([user, arm_ctx])])
+    for i, n in enumerate(units):
+        x = layers.Dense(n, activation="relu", name=f"head_dense_{i}")(x)
+        x = layers.Dropout(dropout)(x)
+
+    if _p(params, "uplift_head"):
+        b = user
+        for i, n in enumerate(units[1:]):
+            b = layers.Dense(n, activation="relu", name=f"base_dense_{i}")(b)
+        base = layers.Dense(1, name="base_logit")(b)
+        delta = layers.Dense(1, name="delta_logit")(x)
+        # treated = 1 − is_control (variant column 0), with a frozen Dense so no custom op is needed.
+        treated = layers.Dense(1, trainable=False, name="treated",
+                               kernel_initializer=keras.initializers.Constant(
+                                   [[-1.0]] + [[0.0]] * (n_variant - 1)),
+                               bias_initializer="ones")(variant_in)
+        logit = layers.Add(name="logit")([base, layers.Multiply(name="delta_if_treated")([delta, treated])])
+        response = layers.Activation("sigmoid", name="response")(logit)
+    else:
+        response = layers.Dense(1, activation="sigmoid", name="response")(x)
+    basket = layers.Dense(1, activation="softplus", name="basket")(layers.Concatenate()([user, arm_ctx]))
+    revenue = layers.Multiply(name="revenue")([response, basket])
+    model = keras.Model([seq_in, profile_in, variant_in], [response, revenue],
+                        name="campaign_response" if sequence else "campaign_response_noseq")
     model.compile(
-        optimizer=keras.optimizers.Adam(params["learning_rate"]),
+        optimizer=keras.optimizers.Adam(float(_p(params, "learning_rate"))),
         loss={"response": "binary_crossentropy", "revenue": "mse"},
-        loss_weights={"response": 1.0, "revenue": 0.01},
+        loss_weights={"response": 1.0, "revenue": float(_p(params, "revenue_loss_weight"))},
         metrics={"response": [keras.metrics.AUC(name="auc")]},
     )
     return model
+
+
+def fit_network(model, params: dict, x_train, y_train, rev_train, x_valid, y_valid, rev_valid):
+    """Fit with early stopping (params: epochs, batch_size, patience, early_stopping_monitor);
+    revenue targets are already divided by revenue_scale. Returns the Keras History."""
+    import keras
+    import numpy as np
+
+    monitor = params.get("early_stopping_monitor", "val_response_auc")
+    f32 = lambda a: np.asarray(a, dtype=np.float32)  # noqa: E731
+    return model.fit(
+        x_train, {"response": f32(y_train), "revenue": f32(rev_train)},
+        validation_data=(x_valid, {"response": f32(y_valid), "revenue": f32(rev_valid)}),
+        epochs=int(params.get("epochs", 20)),
+        batch_size=int(params.get("batch_size", 512)),
+        callbacks=[keras.callbacks.EarlyStopping(monitor=monitor, mode="max" if monitor.endswith("auc") else "min",
+                                                 patience=int(params.get("patience", 3)),
+                                                 restore_best_weights=True)],
+        shuffle=True,
+        verbose=int(params.get("verbose", 0)),
+    )

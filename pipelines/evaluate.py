@@ -139,8 +139,12 @@ def run(settings: Settings) -> dict:
     expanded, frame, truth = load_holdout(settings)
 
     candidate_model = mlflow.pyfunc.load_model(record["model_uri"]).unwrap_python_model()
-    candidate = holdout_metrics(frame, predict_expanded(candidate_model, expanded), truth)
+    from campaignops.models.inputs import encode
 
+    x_holdout = encode(expanded, candidate_model.meta)
+    p_candidate, rev_candidate = candidate_model.predict_arrays(x_holdout)
+    candidate = holdout_metrics(frame, p_candidate, truth)
+    baselines = baseline_metrics(ws / layout.MODEL_DIR / "baselines", candidate_model.meta, x_holdout, frame, truth)
     champion, champion_version = None, None
     client = mlflow.MlflowClient()
     try:
@@ -151,12 +155,66 @@ def run(settings: Settings) -> dict:
     except mlflow.exceptions.MlflowException as exc:
         if "RESOURCE_DOES_NOT_EXIST" not in str(exc) and "not found" not in str(exc).lower():
             raise
-    passed, reasons = gate(candidate, champion, settings.params["evaluate"])
-    with mlflow.start_run(run_id=record["run_id"]):
-        mlflow.log_metrics({f"holdout_{k}": v for k, v in candidate.items() if np.isfinite(v)})
-        mlflow.set_tag("gate.passed", str(passed))
+    thresholds = settings.params["evaluate"]
+    passed, reasons = gate(candidate, champion, thresholds)
+    beats = beats_baselines(candidate, baselines)
+    if thresholds.get("gate_on_baselines") and not all(beats.values()):
+        passed = False
+        reasons.append("candidate does not beat baselines: " + ", ".join(n for n, b in beats.items() if not b))
     report = {"run_id": record["run_id"], "model_uri": record["model_uri"], "candidate": candidate,
               "champion": champion, "champion_version": champion_version, "passed": passed,
-              "reasons": reasons, "thresholds": settings.params["evaluate"]}
+              "reasons": reasons, "thresholds": thresholds, "baselines": baselines, "beats_baselines": beats}
+    with mlflow.start_run(run_id=record["run_id"]):
+        mlflow.log_metrics({f"holdout_{k}": v for k, v in candidate.items() if np.isfinite(v)})
+        for name, res in baselines.items():
+            mlflow.log_metrics({f"baseline_{name}.{k}": v for k, v in res.items() if np.isfinite(v)})
+        mlflow.set_tag("gate.passed", str(passed))
+        mlflow.set_tag("beats_baselines", str(all(beats.values())))
+        if thresholds.get("report", True):
+            paths = build_report(settings, report, candidate_model, x_holdout, expanded, frame, truth,
+                                 p_candidate, rev_candidate)
+            report["report"] = {k: str(v) for k, v in paths.items()}
+            for key, path in paths.items():
+                mlflow.log_artifact(str(path), artifact_path="evaluation" if key in ("html", "plots_json")
+                                    else "evaluation/figures")
     write_json(ws / layout.REPORTS_DIR / "evaluation.json", report)
     return report
+
+
+def baseline_metrics(root, meta: dict, x_holdout: dict, frame: pd.DataFrame, truth: pd.DataFrame | None) -> dict:
+    """holdout_metrics of every baseline saved by train.py under data/model/baselines."""
+    from campaignops.models.baselines import load_all
+
+    return {name: holdout_metrics(frame, model.predict(x_holdout), truth)
+            for name, model in load_all(root, meta).items()}
+
+
+def beats_baselines(candidate: dict, baselines: dict) -> dict[str, bool]:
+    """Candidate ≥ baseline on the policy value (true where the truth exists, else IPS) and on Qini."""
+    key = "policy_value_true" if "policy_value_true" in candidate else "policy_value_ips"
+    return {name: bool(candidate[key] >= b[key] and candidate["qini"] >= b["qini"]) for name, b in baselines.items()}
+
+
+def build_report(settings: Settings, evaluation: dict, model, x_holdout: dict, expanded: pa.Table,
+                 frame: pd.DataFrame, truth: pd.DataFrame | None, p: np.ndarray, revenue: np.ndarray) -> dict:
+    """reports/evaluation.html + figures + plot data (pipelines/report.py)."""
+    from campaignops.models.explain import permutation_importance, subsample_exposures
+    from campaignops.pipelines import report as r
+
+    cfg = settings.params["evaluate"]
+    profile_cols = model.meta["profile_cols"]
+    full = expanded.select(["exposure_id", "revenue", *profile_cols]).to_pandas()
+    segments = r.segment_slices(frame, p, truth, r.default_segments(full))
+    attributions = None
+    if int(cfg.get("explain_max_exposures", 2000)) > 0:
+        idx = subsample_exposures(frame, int(cfg.get("explain_max_exposures", 2000)), seed=0)
+        sub = frame.iloc[idx].reset_index(drop=True)
+        xs = {k: v[idx] for k, v in x_holdout.items()}
+        attributions = permutation_importance(lambda x: model.predict_arrays(x)[0], xs, sub, truth, profile_cols,
+                                              repeats=int(cfg.get("explain_repeats", 1)), seed=0)
+    revenue_actual = full.drop_duplicates("exposure_id").set_index("exposure_id")["revenue"]
+    forecast = r.forecast_vs_actual(frame, p, revenue, revenue_actual,
+                                    n_boot=int(cfg.get("forecast_bootstrap", 300)), seed=0)
+    evaluation["forecast"] = forecast
+    return r.write_report(settings.workspace / layout.REPORTS_DIR, evaluation, frame, p, truth, segments,
+                          attributions, forecast)

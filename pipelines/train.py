@@ -40,7 +40,8 @@ def run(settings: Settings) -> dict:
     from campaignops.models.inputs import encode
     from campaignops.models.metrics import auc, log_loss
     from campaignops.models.pyfunc import CampaignResponseModel
-    from campaignops.models.uplift_net import build_model
+    from campaignops.models.baselines import save_all, train_baselines
+    from campaignops.models.uplift_net import build_model, fit_network
     from campaignops.pipelines import tracking
 
     params = settings.params["train"]
@@ -60,18 +61,9 @@ def run(settings: Settings) -> dict:
     model = build_model(meta, params, x_train["profile"].shape[1], x_train["variant"].shape[1])
     model.get_layer("profile_norm").adapt(x_train["profile"])
     t0 = time.perf_counter()
-    history = model.fit(
-        x_train,
-        {"response": y_train, "revenue": (rev_train / revenue_scale).astype(np.float32)},
-        validation_data=(x_valid, {"response": y_valid,
-                                   "revenue": (valid.column("revenue").to_numpy() / revenue_scale).astype(np.float32)}),
-        epochs=int(params["epochs"]),
-        batch_size=int(params["batch_size"]),
-        callbacks=[keras.callbacks.EarlyStopping(monitor="val_response_auc", mode="max", patience=3,
-                                                 restore_best_weights=True)],
-        shuffle=True,
-        verbose=2,
-    )
+    rev_valid = valid.column("revenue").to_numpy()
+    history = fit_network(model, {**params, "verbose": 2}, x_train, y_train, rev_train / revenue_scale,
+                          x_valid, y_valid, rev_valid / revenue_scale)
     train_seconds = time.perf_counter() - t0
     p_valid = model.predict(x_valid, batch_size=4096, verbose=0)[0][:, 0]
     metrics = {
@@ -82,6 +74,12 @@ def run(settings: Settings) -> dict:
         "train_rows": len(y_train),
         "epochs_run": len(history.history["loss"]),
     }
+    # Baselines on the same split (models/baselines.py); evaluate.py scores them on the holdout.
+    baselines = train_baselines(params.get("baselines", []), x_train, y_train, rev_train / revenue_scale,
+                                x_valid, y_valid, rev_valid / revenue_scale, meta, params, int(params["seed"]))
+    for name, (bm, seconds) in baselines.items():
+        metrics[f"baseline_{name}.train_seconds"] = seconds
+        metrics[f"baseline_{name}.valid_auc"] = auc(y_valid, bm.predict(x_valid))
 
     mlflow = tracking.configure(settings)
     out_dir = ws / layout.MODEL_DIR
@@ -89,6 +87,7 @@ def run(settings: Settings) -> dict:
         keras_path, meta_path = tmp / "model.keras", tmp / "meta.json"
         model.save(keras_path)
         meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        save_all(baselines, tmp / "baselines")
         with mlflow.start_run() as run:
             mlflow.log_params({f"train.{k}": v for k, v in params.items()})
             mlflow.log_params({"features.seq_len": meta["seq_len"], "data.batch": meta.get("batch")})

@@ -59,3 +59,15 @@ def test_gate_reasons_name_the_failing_metric_and_champion():
     ok, reasons = gate(good, {**good, "policy_value_true": 0.21}, THRESHOLDS)
     assert not ok and "champion" in reasons[0]
     assert gate(good, {**good, "policy_value_true": 0.204}, THRESHOLDS)[0]  # within tolerance
+
+
+def test_beats_baselines_needs_policy_value_and_qini():
+    from campaignops.pipelines.evaluate import beats_baselines
+
+    cand = {"policy_value_true": 0.2, "qini": 0.05}
+    out = beats_baselines(cand, {"weak": {"policy_value_true": 0.1, "qini": 0.01},
+                                 "better_qini": {"policy_value_true": 0.1, "qini": 0.2},
+                                 "better_value": {"policy_value_true": 0.3, "qini": 0.0}})
+    assert out == {"weak": True, "better_qini": False, "better_value": False}
+    assert beats_baselines({"policy_value_ips": 0.2, "qini": 0.1}, {"b": {"policy_value_ips": 0.21, "qini": 0.0}}) \
+        == {"b": False}
