@@ -2,6 +2,8 @@
 ingest → validate → features → train → evaluate → promote → score → rollback."""
 from __future__ import annotations
 
+import os
+
 import boto3
 import pytest
 import yaml
@@ -21,10 +23,15 @@ def chain_env(workspace, monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     for k, v in workspace.env.items():
         monkeypatch.setenv(k, v)
-    with mock_aws():
-        store = ObjectStore(workspace, client=boto3.client("s3", region_name="us-east-1"))
-        store.client.create_bucket(Bucket=workspace.bucket)
-        yield workspace, store
+    saved = dict(os.environ)  # the steps export endpoints (apply_env); keep them out of other tests
+    try:
+        with mock_aws():
+            store = ObjectStore(workspace, client=boto3.client("s3", region_name="us-east-1"))
+            store.client.create_bucket(Bucket=workspace.bucket)
+            yield workspace, store
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def test_chain_registers_a_champion_and_scores_every_user(chain_env):
