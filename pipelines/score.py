@@ -104,12 +104,31 @@ def run(settings: Settings, campaign_id: str | None = None, budget: float | None
         "code": {"git_sha": tracking.git_revision(settings)},
         "output": store.uri(prefix + "scores.parquet"),
     }
+    manifest["drift"] = _drift(settings, users, model.meta)
     truth = _truth_check(settings, store, raw, campaign_id, users, arm_ids, chosen)
     if truth:
         manifest["truth_check"] = truth
     store.put_json(prefix + "manifest.json", manifest)  # written last: the commit marker
     store.put_json(f"scores/{campaign_id}/latest.json", {"score_run_id": run_id, "manifest": store.uri(prefix + "manifest.json")})
     return manifest
+
+
+def _drift(settings: Settings, users: pa.Table, meta: dict) -> dict:
+    """PSI of the scoring frame's profile features against the most recent labelled snapshot
+    (the holdout); raises DriftDetected when params drift.block_scoring is set."""
+    from campaignops.pipelines.drift import check_drift, drift_report, thresholds
+
+    reference = settings.workspace / layout.FEATURES_DIR / "holdout.parquet"
+    if not reference.exists():
+        return {"skipped": f"no reference snapshot at {reference}"}
+    import pyarrow.parquet as pq
+
+    max_psi, bins = thresholds(settings.params)
+    report = drift_report(pq.read_table(reference, columns=meta["profile_cols"]), users, meta["profile_cols"], bins=bins)
+    report["over_threshold"] = sorted(n for n, f in report["features"].items() if f["psi"] > max_psi)
+    if settings.params.get("drift", {}).get("block_scoring"):
+        check_drift(report, max_psi)
+    return report
 
 
 def _control_last(arms):
