@@ -8,25 +8,28 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from campaignops.pipelines import features, layout
+from campaignops.pipelines import features, layout, privacy
 from campaignops.validation.contract import CONTROL, SCHEMAS
 
 T0 = datetime(2026, 5, 1)
 
 
-def write_world(ws, events, exposures, users=("u1", "u2")):
+C1 = [
+    {"campaign_id": "C1", "variant_id": "C1-V1", "type": "discount", "discount_rate": 0.2, "channel": "email",
+     "target_category": "c01", "cost_per_send": 0.1, "start_ts": T0, "end_ts": T0 + timedelta(days=7)},
+    {"campaign_id": "C1", "variant_id": "C1-V2", "type": "bundle", "discount_rate": 0.0, "channel": "app",
+     "target_category": "c02", "cost_per_send": 0.2, "start_ts": T0, "end_ts": T0 + timedelta(days=7)},
+]
+
+
+def write_world(ws, events, exposures, users=("u1", "u2"), campaigns=None):
     vdir = ws / layout.VALIDATED_DIR
     vdir.mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist([
         {"user_id": u, "age": 30 + i, "gender": "F", "region": "r1", "occupation": "o1", "signup_ts": T0 - timedelta(days=400)}
         for i, u in enumerate(users)], SCHEMAS["users"]), vdir / "users.parquet")
     pq.write_table(pa.Table.from_pylist(events, SCHEMAS["events"]), vdir / "events.parquet")
-    pq.write_table(pa.Table.from_pylist([
-        {"campaign_id": "C1", "variant_id": "C1-V1", "type": "discount", "discount_rate": 0.2, "channel": "email",
-         "target_category": "c01", "cost_per_send": 0.1, "start_ts": T0, "end_ts": T0 + timedelta(days=7)},
-        {"campaign_id": "C1", "variant_id": "C1-V2", "type": "bundle", "discount_rate": 0.0, "channel": "app",
-         "target_category": "c02", "cost_per_send": 0.2, "start_ts": T0, "end_ts": T0 + timedelta(days=7)},
-    ], SCHEMAS["campaigns"]), vdir / "campaigns.parquet")
+    pq.write_table(pa.Table.from_pylist(C1 + (campaigns or []), SCHEMAS["campaigns"]), vdir / "campaigns.parquet")
     pq.write_table(pa.Table.from_pylist(exposures, SCHEMAS["exposures"]), vdir / "exposures.parquet")
     (ws / layout.RAW_MANIFEST).write_text(json.dumps({"batch": "t", "now": str(T0 + timedelta(days=10)),
                                                         "upcoming_campaign_id": "C1"}))
@@ -36,8 +39,8 @@ def ev(i, user, etype, cat, ts, price=10.0):
     return {"event_id": f"e{i}", "user_id": user, "event_type": etype, "category": cat, "price": price, "ts": ts}
 
 
-def exposure(i, user, variant, ts, responded=0):
-    return {"exposure_id": f"x{i}", "user_id": user, "campaign_id": "C1", "variant_id": variant,
+def exposure(i, user, variant, ts, responded=0, campaign="C1"):
+    return {"exposure_id": f"x{i}", "user_id": user, "campaign_id": campaign, "variant_id": variant,
             "exposure_ts": ts, "responded": responded, "revenue": 20.0 * responded}
 
 
@@ -50,7 +53,7 @@ def test_features_use_only_events_strictly_before_the_exposure(workspace):
              ev(4, "u1", "purchase", "c03", x_ts + timedelta(hours=1), price=999.0)]
     exps = [exposure(1, "u1", "C1-V1", x_ts, 1), exposure(2, "u2", CONTROL, x_ts)]
     write_world(workspace.workspace, before + after, exps)
-    features.build(workspace)
+    meta = features.build(workspace)
     with_future = pq.read_table(workspace.workspace / "data/features/train.parquet").to_pandas()
 
     # Rebuild without the future events: every feature of every exposure must be identical.
@@ -60,12 +63,13 @@ def test_features_use_only_events_strictly_before_the_exposure(workspace):
     write_world(workspace.workspace, before + [ev(9, "u2", "browse", "c03", T0 - timedelta(days=300))], exps)
     features.build(workspace)
     without = pq.read_table(workspace.workspace / "data/features/train.parquet").to_pandas()
-    cols = ["seq_tokens", *features.profile_columns([7, 14, 30])]
-    for c in cols:
-        a, b = np.stack(with_future[c].to_numpy()) if c == "seq_tokens" else with_future[c].to_numpy(), \
-            np.stack(without[c].to_numpy()) if c == "seq_tokens" else without[c].to_numpy()
+    seq_cols = ("seq_tokens", "seq_gap", "seq_price")
+    assert set(features.profile_columns([7, 14, 30])) < set(meta["profile_cols"])
+    for c in [*seq_cols, *meta["profile_cols"]]:
+        a, b = np.stack(with_future[c].to_numpy()) if c in seq_cols else with_future[c].to_numpy(), \
+            np.stack(without[c].to_numpy()) if c in seq_cols else without[c].to_numpy()
         np.testing.assert_allclose(a.astype(float), b.astype(float), err_msg=c)
-    u1 = with_future.set_index("exposure_id").loc["x1"]
+    u1 = with_future.set_index("exposure_id").loc[privacy.pseudonymize(privacy.id_salt(workspace), "x1", "x")]
     assert int((np.asarray(u1["seq_tokens"]) > 0).sum()) == 2
     assert u1["n_purchase"] == 0.0
 
@@ -83,3 +87,54 @@ def test_sequence_is_left_padded_oldest_to_newest_and_capped(workspace):
     cats = [meta["vocab"]["categories"][(t - 1) % n_cat] for t in seq]
     assert cats[-1] == "c02" and set(cats[:-1]) == {"c01"}  # newest last
     assert (seq[-1] - 1) // n_cat == meta["vocab"]["event_types"].index("cart")
+    gap = np.asarray(row["seq_gap"])
+    edges = meta["profile_fit"]["gap_edges_hours"]
+    assert len(gap) == meta["seq_len"] and (gap == 2).all() and edges[0] == 1  # 1-minute gaps: below the 1 h edge
+    assert gap.max() < meta["seq_channels"]["seq_gap"]["size"]
+    assert (np.asarray(row["seq_price"]) >= 1).all()
+
+
+def test_new_profile_features_are_point_in_time(workspace):
+    """Leakage test for the issue-5 features: future purchases, a future campaign response and a
+    past campaign that ends only after the exposure must not move any feature; a campaign that
+    ended before does count (history, channel and discount response rates)."""
+    x_ts = T0 + timedelta(days=20)
+    past = [{"campaign_id": "C0", "variant_id": "C0-V1", "type": "coupon", "discount_rate": 0.1, "channel": "sms",
+             "target_category": "c01", "cost_per_send": 0.1, "start_ts": T0 - timedelta(days=20),
+             "end_ts": T0 - timedelta(days=10)},
+            {"campaign_id": "C9", "variant_id": "C9-V1", "type": "bundle", "discount_rate": 0.0, "channel": "push",
+             "target_category": "c02", "cost_per_send": 0.1, "start_ts": x_ts - timedelta(days=2),
+             "end_ts": x_ts + timedelta(days=5)}]  # still running at the exposure: outcome unknown
+    before = [ev(i, "u1", "purchase" if i % 3 == 0 else "browse", "c01", x_ts - timedelta(days=30 - i), price=10.0 + i)
+              for i in range(12)]
+    exps = [exposure(1, "u1", "C1-V1", x_ts, 1), exposure(2, "u2", CONTROL, x_ts),
+            exposure(3, "u1", "C0-V1", T0 - timedelta(days=15), 1, campaign="C0"),
+            exposure(4, "u1", "C9-V1", x_ts - timedelta(days=1), 1, campaign="C9")]
+    future = [ev(100 + i, "u1", "purchase", "c02", x_ts + timedelta(hours=i), price=500.0) for i in range(5)]
+    future_exp = [exposure(5, "u1", "C1-V2", x_ts + timedelta(days=3), 1)]
+
+    def run(evs, xs):
+        import shutil
+        shutil.rmtree(workspace.workspace / "data", ignore_errors=True)
+        write_world(workspace.workspace, evs + [ev(99, "u2", "browse", "c02", T0 - timedelta(days=300))], xs,
+                    campaigns=past)
+        meta = features.build(workspace)
+        fdir = workspace.workspace / "data/features"
+        import pandas as pd
+        frame = pd.concat([pq.read_table(fdir / f"{s}.parquet").to_pandas() for s in ("train", "valid", "holdout")])
+        return meta, frame.set_index("exposure_id")
+
+    meta_a, a = run(before + future, exps + future_exp)
+    meta_b, b = run(before, exps)
+    salt = privacy.id_salt(workspace)
+    key = privacy.pseudonymize(salt, "x1", "x")
+    for c in ("seq_tokens", "seq_gap", "seq_price", *meta_b["profile_cols"]):
+        va, vb = np.asarray(a.loc[key, c], dtype=float), np.asarray(b.loc[key, c], dtype=float)
+        np.testing.assert_allclose(va, vb, err_msg=c)
+    row = b.loc[key]
+    assert row["n_past_exposures"] == np.log(2)  # C0 only: C9 had not ended
+    assert row["resp_rate_sms"] > row["resp_rate_push"] and row["resp_rate_discount"] > row["resp_rate_other"]
+    assert row["rfm_f"] > 0 and row["log_monetary"] > 0
+    assert row["affinity_00"] > 0.99  # all history in c01
+    assert np.asarray(row["seq_gap"])[-12:].min() >= 1 and np.asarray(row["seq_price"])[-12:].min() >= 1
+    assert meta_a["profile_fit"] == meta_b["profile_fit"]  # fitted strictly before the first exposure
