@@ -151,22 +151,22 @@ def point_features(con: duckdb.DuckDBPyConnection, points: str, vocab: dict, seq
     sql = f"""
     WITH j AS (
       SELECT p.point_id, e.event_type, e.price, e.ts, p.ts AS pts, e.cat_idx, e.k, e.packed,
-             e.aff_w * exp(-date_diff('second', e.ts, p.ts) / {tau}) AS dw
+             round(1e9 * e.aff_w * exp(-date_diff('second', e.ts, p.ts) / {tau}))::BIGINT AS dw, round(e.price * 1e4)::BIGINT AS pc
       FROM {points} p
       JOIN _ev e ON e.user_id = p.user_id AND e.ts < p.ts AND e.ts >= p.ts - INTERVAL {w} DAY
     ),
     agg AS (
-      SELECT point_id,
+      SELECT point_id,  -- sums of fixed-point integers: exact, so independent of thread scheduling
         list_reverse(max_by(packed, k, {int(seq_len)})) AS seq_packed,
         count(*) AS n_all,
         count(*) FILTER (WHERE event_type = 'browse') AS c_browse,
         count(*) FILTER (WHERE event_type = 'cart') AS c_cart,
         count(*) FILTER (WHERE event_type = 'purchase') AS c_purchase,
         count(*) FILTER (WHERE event_type = 'review') AS c_review,
-        avg(price) AS avg_price, min(price) AS min_price,
-        avg(price) FILTER (WHERE event_type = 'purchase') AS avg_pprice,
-        avg(price) FILTER (WHERE event_type = 'browse') AS avg_bprice,
-        sum(price) FILTER (WHERE event_type = 'purchase') AS monetary,
+        sum(pc) / count(*) / 1e4 AS avg_price, min(price) AS min_price,
+        sum(pc) FILTER (WHERE event_type = 'purchase') / nullif(count(*) FILTER (WHERE event_type = 'purchase'), 0) / 1e4 AS avg_pprice,
+        sum(pc) FILTER (WHERE event_type = 'browse') / nullif(count(*) FILTER (WHERE event_type = 'browse'), 0) / 1e4 AS avg_bprice,
+        sum(pc) FILTER (WHERE event_type = 'purchase') / 1e4 AS monetary,
         date_diff('second', max(ts), any_value(pts)) / 86400.0 AS days_last,
         date_diff('second', max(ts) FILTER (WHERE event_type = 'purchase'), any_value(pts)) / 86400.0 AS days_last_p,
         date_diff('second', min(ts), any_value(pts)) / 86400.0 AS days_first,
