@@ -35,8 +35,6 @@ def seed_everything(seed: int) -> None:
 
 
 def run(settings: Settings) -> dict:
-    import keras
-
     from campaignops.models.inputs import encode
     from campaignops.models.metrics import auc, log_loss
     from campaignops.models.pyfunc import CampaignResponseModel
