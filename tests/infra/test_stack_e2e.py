@@ -2,7 +2,6 @@
 each service requires and accepts the generated credentials, then stop it."""
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import time
@@ -61,7 +60,6 @@ def test_stack_up_auth_status_down(stack_settings, monkeypatch):
     assert s.env["AWS_ACCESS_KEY_ID"] and s.env_file.stat().st_mode & 0o777 == 0o600
 
     # S3: anonymous refused, authenticated works, bucket exists
-    cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1})
     anon = boto3.client("s3", endpoint_url=s.s3_endpoint, region_name="us-east-1",
                         config=Config(signature_version=UNSIGNED, s3={"addressing_style": "path"}))
     with pytest.raises(botocore.exceptions.ClientError):

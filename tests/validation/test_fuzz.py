@@ -15,11 +15,9 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-import pytest
 
 from campaignops.pipelines import validate
 from campaignops.validation.contract import CONTROL, SCHEMAS
