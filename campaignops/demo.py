@@ -38,7 +38,7 @@ def main() -> None:
 
     store = ObjectStore(settings)
     latest = store.get_json(f"scores/{manifest['upcoming_campaign_id']}/latest.json")
-    scored = store.get_json(latest["manifest"].split(f"s3://{store.bucket}/", 1)[1])
+    scored = store.get_json(store.key(latest["manifest"]))
     evaluation = json.loads((settings.workspace / "reports" / "evaluation.json").read_text())
     cand = evaluation["candidate"]
     console.rule("campaignops demo")

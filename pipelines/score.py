@@ -15,8 +15,7 @@ from campaignops.pipelines.storage import ObjectStore, sha256_file
 from campaignops.validation.contract import CONTROL
 
 
-def choose(p: np.ndarray, arm_ids: list[str], costs: np.ndarray, budget: float | None,
-           value_per_response: float) -> tuple[np.ndarray, np.ndarray]:
+def choose(p: np.ndarray, costs: np.ndarray, budget: float | None, value_per_response: float) -> tuple[np.ndarray, np.ndarray]:
     """Given p [users, arms] with control last, return (chosen treatment index or -1, net value)."""
     from campaignops.models.metrics import budgeted_choice
 
@@ -52,9 +51,7 @@ def run(settings: Settings, campaign_id: str | None = None, budget: float | None
     if arms.empty:
         known = sorted(r[0] for r in con.execute("SELECT DISTINCT campaign_id FROM campaigns").fetchall())
         raise ValueError(f"campaign {campaign_id!r} is not in the validated campaigns table; known: {known}")
-    treatments = arms[arms["variant_id"] != CONTROL].sort_values("variant_id")
-    ordered = pa.Table.from_pandas(
-        _control_last(arms), preserve_index=False)
+    ordered = pa.Table.from_pandas(_control_last(arms), preserve_index=False)
     start = con.execute("SELECT min(start_ts) FROM campaigns WHERE campaign_id = ?", [campaign_id]).fetchone()[0]
     users = scoring_frame(con, start.isoformat(sep=" "), model.meta)
     users = users.append_column("campaign_id", pa.array([campaign_id] * users.num_rows))
@@ -65,8 +62,8 @@ def run(settings: Settings, campaign_id: str | None = None, budget: float | None
     arm_order = np.array(expanded.column("arm_id").to_pylist()[:n_arms])
     P = p.reshape(-1, n_arms)[:, _control_last_index(arm_order)]
     arm_ids = list(ordered.column("variant_id").to_pylist())
-    costs = treatments.set_index("variant_id").loc[arm_ids[:-1], "cost_per_send"].to_numpy(dtype=float)
-    chosen, net = choose(P, arm_ids, costs, budget, float(params["value_per_response"]))
+    costs = ordered.column("cost_per_send").to_numpy()[:-1].astype(float)  # treatments; control is last
+    chosen, net = choose(P, costs, budget, float(params["value_per_response"]))
 
     rows = np.arange(len(P))
     idx = np.maximum(chosen, 0)

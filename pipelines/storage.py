@@ -41,6 +41,13 @@ class ObjectStore:
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
+    def key(self, uri: str) -> str:
+        """Inverse of uri(): the key of an s3:// URI in this bucket."""
+        prefix = f"s3://{self.bucket}/"
+        if not uri.startswith(prefix):
+            raise ValueError(f"{uri!r} is not in bucket {self.bucket!r}")
+        return uri[len(prefix):]
+
     def ensure_bucket(self) -> None:
         existing = {b["Name"] for b in self.client.list_buckets().get("Buckets", [])}
         if self.bucket not in existing:

@@ -120,9 +120,9 @@ def test_retrain_and_score_through_airflow(stack):
 
     # Scores: one row per valid user, manifest naming the champion version.
     latest = store.get_json(f"scores/{manifest['upcoming_campaign_id']}/latest.json")
-    scored_manifest = store.get_json(latest["manifest"].split(f"s3://{store.bucket}/", 1)[1])
+    scored_manifest = store.get_json(store.key(latest["manifest"]))
     assert scored_manifest["model"]["version"] == str(champion.version)
-    scores = store.read_table(scored_manifest["output"].split(f"s3://{store.bucket}/", 1)[1])
+    scores = store.read_table(store.key(scored_manifest["output"]))
     assert scores.num_rows == manifest["tables"]["users"]["rows"]
     assert len(set(scores.column("user_id").to_pylist())) == scores.num_rows
     assert scored_manifest["spent"] <= 500.0 + 1e-9

@@ -53,7 +53,7 @@ def test_chain_registers_a_champion_and_scores_every_user(chain_env):
     assert out["rows"] == report["tables"]["users"]["rows_valid"]
     assert out["spent"] <= budget + 1e-9
     assert out["inputs"]["validation_run_id"] == report["run_id"]
-    scores = store.read_table(out["output"].split(f"s3://{store.bucket}/", 1)[1]).to_pandas()
+    scores = store.read_table(store.key(out["output"])).to_pandas()
     assert scores["user_id"].is_unique and len(scores) == out["rows"]
     targeted = scores[scores["variant_id"].notna()]
     assert len(targeted) == out["users_targeted"] and (targeted["net_value"] > 0).all()
