@@ -65,6 +65,23 @@ def data_generate(users: Optional[int] = typer.Option(None, help="number of user
     _print({"batch": manifest["batch"], "tables": {t: v["rows"] for t, v in manifest["tables"].items()}})
 
 
+@data_app.command("import")
+def data_import(datafile: str = typer.Argument(..., help="the campaign log: CSV or parquet"),
+                mapping: str = typer.Option(..., "--mapping", help="mapping YAML (e.g. validation/mappings/hillstrom.yaml)"),
+                batch: Optional[str] = typer.Option(None, help="batch id (default: the mapping's batch)"),
+                response: Optional[str] = typer.Option(None, help="response column (default: the mapping's)")) -> None:
+    """Map a randomized campaign log into a raw batch raw/<batch>/ as the mapping declares."""
+    from campaignops.pipelines import importer
+
+    try:
+        manifest = importer.import_file(load_settings(), mapping, datafile, batch=batch, response=response)
+    except importer.MappingError as exc:
+        console.print(f"[red]mapping error:[/] {exc}")
+        raise typer.Exit(2)
+    _print({"batch": manifest["batch"], "tables": {t: v["rows"] for t, v in manifest["tables"].items()},
+            "import": manifest["import"]})
+
+
 @app.command()
 def ingest(batch: Optional[str] = typer.Option(None, help="batch id (default: params data.batch)")) -> None:
     """Register a landed raw batch: snapshot its S3 manifest into data/raw_manifest.json."""

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from campaignops.config import Settings
-from campaignops.pipelines import layout, privacy
+from campaignops.pipelines import attributes, layout, privacy
 from campaignops.pipelines.storage import ObjectStore, atomic_dir, sha256_file
 from campaignops.validation.contract import CAMPAIGN_TYPES, CHANNELS, CONTROL, EVENT_TYPES, GENDERS
 
@@ -91,7 +91,8 @@ def meta_profile_columns(meta: dict) -> list[str]:
     fit = meta.get("profile_fit")
     if not fit:
         return profile_columns(meta["recent_days"])
-    return profile_columns(meta["recent_days"], len(meta["vocab"]["categories"]), len(fit["segments"]["names"]))
+    return profile_columns(meta["recent_days"], len(meta["vocab"]["categories"]), len(fit["segments"]["names"])) \
+        + attributes.columns(fit.get("attributes"))
 
 
 # --------------------------------------------------------------------------- SQL building blocks
@@ -452,6 +453,8 @@ def _build(settings, con, p, seq_len, window, recent, raw_manifest, store, work)
     act = snap.column("activity_rate").to_numpy()
     fit["activity_edges"] = np.quantile(act, [1 / 3, 2 / 3]).tolist() if len(act) else [0.5, 1.5]
     fit["fit_users"] = snap.num_rows
+    fit["attributes"] = attributes.prepare(con, ws / layout.VALIDATED_DIR, fit["fit_as_of"],
+                                           int(p.get("attribute_max_categories", attributes.MAX_CATEGORIES)))
     del snap, raw
 
     writers: dict[str, pq.ParquetWriter] = {}
@@ -479,7 +482,7 @@ def _build(settings, con, p, seq_len, window, recent, raw_manifest, store, work)
                            vocab, seq_len, window, recent, fit, keep_point_id=False,
                            order_by="p.user_key, p.exposure_id")
         x = x.rename_columns(["user_id" if c == "user_key" else c for c in x.column_names])
-        x = _reorder_exposure_columns(x)
+        x = _reorder_exposure_columns(attributes.attach(con, x, fit["attributes"], ts_col="exposure_ts"))
         for split in counts:
             part = x.filter(pc.equal(x.column("split"), split))
             counts[split] += part.num_rows
@@ -490,7 +493,7 @@ def _build(settings, con, p, seq_len, window, recent, raw_manifest, store, work)
                             TIMESTAMP '{ts}' AS ts, ukey AS user_key FROM ids WHERE b = {b}""")
             s = point_features(con, "spts", vocab, seq_len, window, recent, fit, keep_point_id=False,
                                order_by="p.user_key")
-            s = _with_tags(s, vocab, fit, ts)
+            s = attributes.attach(con, _with_tags(s, vocab, fit, ts), fit["attributes"], as_of=ts)
             snaps[name] = s
             write(name, s)
         diff.add(snaps["profile"], snaps["profile_prev"], fit)
@@ -506,7 +509,7 @@ def _build(settings, con, p, seq_len, window, recent, raw_manifest, store, work)
     truth = _load_truth(settings, store, raw_manifest)
     if truth is not None:
         truth = _pseudonymize_truth(con, truth)
-    profile_cols = profile_columns(recent, n_cat, len(fit["segments"]["names"]))
+    profile_cols = profile_columns(recent, n_cat, len(fit["segments"]["names"])) + attributes.columns(fit["attributes"])
     out_dir = ws / layout.FEATURES_DIR
     with atomic_dir(out_dir) as tmp:
         for f in out_tmp.iterdir():

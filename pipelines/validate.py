@@ -53,13 +53,15 @@ from campaignops.config import Settings
 from campaignops.pipelines import layout
 from campaignops.pipelines.storage import ObjectStore, atomic_dir, write_json
 from campaignops.validation import suites
-from campaignops.validation.contract import SCHEMAS, TABLES
+from campaignops.validation.contract import ALL_TABLES, MAY_BE_EMPTY, SCHEMAS, TABLES
 
 log = logging.getLogger(__name__)
 
-# Parents are validated before the tables that reference them.
+# Parents are validated before the tables that reference them. Optional tables (contract
+# OPTIONAL_TABLES) are validated when the manifest lists them.
 ORDER = ("users", "campaigns", "events", "exposures")
-assert set(ORDER) == set(TABLES)
+OPTIONAL_ORDER = ("user_attributes",)
+assert set(ORDER) == set(TABLES) and set(ORDER + OPTIONAL_ORDER) == set(ALL_TABLES)
 
 META_COLS = ("_rule", "_source_file", "_source_row")
 HISTORY_KEY = "validation/_history.json"
@@ -254,6 +256,7 @@ class Staged:
     files: list[str]      # source keys/uris as reported (`_source_file`)
     paths: list[Path]
     rows: list[int]
+    allow_empty: bool = False  # declared empty by design in the manifest (contract MAY_BE_EMPTY)
 
     @property
     def n(self) -> int:
@@ -262,7 +265,7 @@ class Staged:
 
 def stage_table(store, table: str, entry: dict, workdir: Path) -> Staged:
     objects = entry.get("objects") or [{"key": k} for k in entry.get("files", [])]
-    st = Staged(table, [], [], [])
+    st = Staged(table, [], [], [], allow_empty=bool(entry.get("empty_by_design")) and table in MAY_BE_EMPTY)
     for obj in objects:
         key = obj["key"]
         local = fetch_part(store, table, key, obj.get("etag"), workdir)
@@ -293,7 +296,7 @@ RESULT_FORMAT = {"result_format": "COMPLETE", "return_unexpected_index_query": F
 
 
 def run_gx(raws: dict[str, RawTable], now: datetime, run_id: str, gx_root: Path,
-           max_len: int = suites.MAX_STRING_LENGTH) -> Path:
+           max_len: int = suites.MAX_STRING_LENGTH, allow_empty: frozenset[str] = frozenset()) -> Path:
     """Run each table's suite through a checkpoint (results + Data Docs in `gx_root`); fill
     `raw.hits` with row-level violations and `raw.gx` with the result summary. Returns the
     Data Docs site directory."""
@@ -303,10 +306,10 @@ def run_gx(raws: dict[str, RawTable], now: datetime, run_id: str, gx_root: Path,
     ctx = _gx_context(gx_root)
     source = ctx.data_sources.add_pandas("raw")
     gx_run = RunIdentifier(run_name=run_id, run_time=datetime.now(timezone.utc))
-    for table in [t for t in ORDER if t in raws]:
+    for table in [t for t in (*ORDER, *OPTIONAL_ORDER) if t in raws]:
         raw = raws[table]
         batch_def = source.add_dataframe_asset(name=table).add_batch_definition_whole_dataframe("batch")
-        suite = ctx.suites.add(suites.build_suite(table, now, max_len))
+        suite = ctx.suites.add(suites.build_suite(table, now, max_len, allow_empty=table in allow_empty))
         vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"raw.{table}", data=batch_def, suite=suite))
         checkpoint = ctx.checkpoints.add(gx.Checkpoint(
             name=f"raw.{table}", validation_definitions=[vd], result_format=RESULT_FORMAT, actions=[]))
@@ -400,7 +403,7 @@ class Engine:
         """Clean and flag one table (parents first). Returns its counts and rule counts."""
         t = st.table
         self.staged[t] = st
-        if st.n == 0:
+        if st.n == 0 and not (st.allow_empty and st.paths):
             raise BatchRejected(f"[rule {t}.rows.non_empty] table {t} has no rows in its {len(st.files)} file(s) "
                                 f"({', '.join(st.files) or 'none listed'}); a batch needs every table")
         con = self.con
@@ -660,6 +663,7 @@ def run(settings: Settings, store: ObjectStore | None = None) -> dict:
     cfg = _cfg(settings)
     threshold = cfg["max_quarantine_rate"]
     run_id = new_run_id()
+    order = ORDER + tuple(t for t in OPTIONAL_ORDER if t in manifest.get("tables", {}))
     prefix = layout.validation_prefix(batch, run_id)
     result_uri, docs_uri = store.uri(prefix + "result.json"), store.uri(prefix + "docs/index.html")
     timings: dict[str, float] = {}
@@ -672,7 +676,7 @@ def run(settings: Settings, store: ObjectStore | None = None) -> dict:
         t0 = time.perf_counter()
         staged: dict[str, Staged] = {}
         try:
-            for table in ORDER:
+            for table in order:
                 entry = manifest.get("tables", {}).get(table)
                 if entry is None:
                     raise BatchRejected(f"[rule {table}.manifest.present] the raw manifest lists no {table} table")
@@ -683,7 +687,7 @@ def run(settings: Settings, store: ObjectStore | None = None) -> dict:
             t0 = time.perf_counter()
             (work / "duckdb").mkdir()
             engine = Engine(now, cfg["max_string_length"], cfg["memory_limit"], work / "duckdb")
-            summaries = {t: engine.evaluate(staged[t]) for t in ORDER}
+            summaries = {t: engine.evaluate(staged[t]) for t in order}
             timings["rules"] = time.perf_counter() - t0
         except BatchRejected as exc:
             store.put_json(prefix + "result.json", {"run_id": run_id, "batch": batch, "status": "rejected",
@@ -692,9 +696,10 @@ def run(settings: Settings, store: ObjectStore | None = None) -> dict:
 
         # 4. GX on every row (small tables) or a sample, cross-checked with the SQL twin
         t0 = time.perf_counter()
-        gx_frames = {t: engine.sample(t, cfg["gx_sample_rows"]) for t in ORDER}
+        gx_frames = {t: engine.sample(t, cfg["gx_sample_rows"]) for t in order}
         gx_tmp = work / "gx"
-        docs_dir = run_gx(gx_frames, now, run_id, gx_tmp, cfg["max_string_length"])
+        docs_dir = run_gx(gx_frames, now, run_id, gx_tmp, cfg["max_string_length"],
+                          frozenset(t for t in order if staged[t].allow_empty))
         for t, raw in gx_frames.items():
             cross_check(raw, engine.sql_hits(raw))
             raw.gx.update({"rows": raw.n, "whole_table": raw.n == summaries[t]["rows_in"] - summaries[t]["rows_deduplicated"],
@@ -707,7 +712,7 @@ def run(settings: Settings, store: ObjectStore | None = None) -> dict:
         history = read_history(store)
         tables: dict[str, dict] = {}
         failures = []
-        for table in ORDER:
+        for table in order:
             s = summaries[table]
             q_key = None
             if s["rows_quarantined"]:
@@ -736,7 +741,7 @@ def run(settings: Settings, store: ObjectStore | None = None) -> dict:
             "rows_quarantined": sum(t["rows_quarantined"] for t in tables.values()),
             "rows_deduplicated": sum(t["rows_deduplicated"] for t in tables.values()),
             "gx_success": all(t["gx"].get("success") for t in tables.values()),
-            "rules": {t: [r.id for r in suites.rules(t, now)] for t in ORDER},
+            "rules": {t: [r.id for r in suites.rules(t, now)] for t in order},
             "cleaning": {"dedup_keys": {t: list(k) for t, k in suites.DEDUP_KEYS.items()},
                          "fills": suites.FILLS, "note": "exact duplicates are removed (first copy kept) and counted "
                          "as rows_deduplicated, not quarantined; fills apply to valid rows only"},
@@ -749,7 +754,7 @@ def run(settings: Settings, store: ObjectStore | None = None) -> dict:
         if passed:
             t0 = time.perf_counter()
             with atomic_dir(ws / layout.VALIDATED_DIR) as tmp:
-                for table in ORDER:
+                for table in order:
                     fills: dict[str, int] = {}
                     n = _write_local_parquet(engine.valid_batches(table, fills), tmp / f"{table}.parquet",
                                              SCHEMAS[table])

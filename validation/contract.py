@@ -56,6 +56,18 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("revenue", pa.float64()),
         ]
     ),
+    # Optional: per-user attributes of any name, long format, each known from `as_of` on (a
+    # value is a model input only for points strictly after its as_of). Exactly one of
+    # value_num / value_str is set: numeric vs categorical attribute.
+    "user_attributes": pa.schema(
+        [
+            ("user_id", pa.string()),
+            ("name", pa.string()),
+            ("as_of", TS),
+            ("value_num", pa.float64()),
+            ("value_str", pa.string()),
+        ]
+    ),
 }
 
 PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
@@ -63,9 +75,15 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     "events": ("event_id",),
     "campaigns": ("campaign_id", "variant_id"),
     "exposures": ("exposure_id",),
+    "user_attributes": ("user_id", "name", "as_of"),
 }
 
-TABLES = tuple(SCHEMAS)
+TABLES = ("users", "events", "campaigns", "exposures")  # every batch has these
+OPTIONAL_TABLES = ("user_attributes",)                    # a batch may omit these (not in its manifest)
+ALL_TABLES = (*TABLES, *OPTIONAL_TABLES)
+# Tables a producer may declare empty by design in its manifest ("empty_by_design": true), e.g. an
+# imported campaign log with no behaviour events; any other empty table fails the batch.
+MAY_BE_EMPTY = frozenset({"events", "user_attributes"})
 
 # Ground truth written beside synthetic data only (never validated, never a model input).
 TRUTH_SCHEMA = pa.schema(

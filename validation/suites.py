@@ -44,6 +44,7 @@ NULLABLE: dict[str, frozenset[str]] = {
     "events": frozenset({"category"}),  # unknown category → the model's out-of-vocabulary token
     "campaigns": frozenset({"target_category"}),
     "exposures": frozenset(),
+    "user_attributes": frozenset({"value_num", "value_str"}),  # exactly one set (rules below)
 }
 
 AGE_RANGE = (13, 110)
@@ -56,6 +57,7 @@ FILLS: dict[str, dict[str, str]] = {
     "events": {"category": "unknown"},
     "campaigns": {},   # a null target_category means "no target category", not unknown
     "exposures": {},
+    "user_attributes": {},
 }
 DEDUP_KEYS: dict[str, tuple[str, ...]] = {
     "events": ("user_id", "event_type", "category", "price", "ts"),
@@ -122,7 +124,11 @@ CROSS_TABLE_RULES: dict[str, list[Rule]] = {
              "campaign start_ts <= exposure_ts <= end_ts (window of the campaign's validated variants)",
              "duckdb"),
     ],
+    "user_attributes": [
+        Rule("user_attributes.user_id.in_users", "user_attributes", ROW, "user_id is a validated user", "duckdb"),
+    ],
 }
+ATTRIBUTE_NAME_REGEX = "^[A-Za-z][A-Za-z0-9_]{0,63}$"  # becomes part of a feature column name
 
 
 def cross_table_sql(table: str) -> dict[str, str]:
@@ -153,6 +159,13 @@ def cross_table_sql(table: str) -> dict[str, str]:
                            FROM valid_campaigns GROUP BY campaign_id)
                 SELECT x._row FROM exposures x JOIN w ON w.campaign_id = x.campaign_id
                 WHERE x.exposure_ts < w.s OR x.exposure_ts > w.e""",
+        }
+    if table == "user_attributes":
+        return {
+            "user_attributes.user_id.in_users": """
+                SELECT a._row FROM user_attributes a
+                WHERE a.user_id IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM valid_users u WHERE u.user_id = a.user_id)""",
         }
     return {}
 
@@ -234,6 +247,16 @@ def _row_specs(table: str, now: datetime, max_len: int = MAX_STRING_LENGTH) -> l
         in_set("responded", (0, 1))
         between("revenue", lo=0, name="non_negative", desc="revenue >= 0")
         between("exposure_ts", hi=now, name="not_future", desc=f"exposure_ts {now_desc}")
+    elif table == "user_attributes":
+        between("as_of", hi=now, name="not_future", desc=f"as_of {now_desc}")
+        specs.append(("user_attributes.name.format", f"name matches {ATTRIBUTE_NAME_REGEX}",
+                      gxe.ExpectColumnValuesToMatchRegex, {"column": "name", "regex": ATTRIBUTE_NAME_REGEX}))
+        specs.append(("user_attributes.value.both_set", "not both value_num and value_str are set",
+                      gxe.ExpectColumnValuesToBeNull,
+                      {"column": "value_str", "row_condition": "value_num.notna()", "condition_parser": "pandas"}))
+        specs.append(("user_attributes.value.none_set", "one of value_num (numeric) / value_str (categorical) is set",
+                      gxe.ExpectColumnValuesToNotBeNull,
+                      {"column": "value_str", "row_condition": "value_num.isna()", "condition_parser": "pandas"}))
     for f in SCHEMAS[table]:
         if pa.types.is_string(f.type):
             specs.append((rule_id(table, f.name, "max_length"), f"len({f.name}) <= {max_len}",
@@ -241,15 +264,15 @@ def _row_specs(table: str, now: datetime, max_len: int = MAX_STRING_LENGTH) -> l
     return specs
 
 
-def _batch_specs(table: str) -> list[tuple[str, str, type, dict]]:
+def _batch_specs(table: str, allow_empty: bool = False) -> list[tuple[str, str, type, dict]]:
     import great_expectations.expectations as gxe
 
     schema = SCHEMAS[table]
     specs = [
         (rule_id(table, "schema", "columns"), f"columns are exactly {schema.names} in this order",
          gxe.ExpectTableColumnsToMatchOrderedList, {"column_list": list(schema.names)}),
-        (rule_id(table, "rows", "non_empty"), "the table has at least one row",
-         gxe.ExpectTableRowCountToBeBetween, {"min_value": 1}),
+        (rule_id(table, "rows", "non_empty"), "the table has at least one row (unless declared empty by design)",
+         gxe.ExpectTableRowCountToBeBetween, {"min_value": 0 if allow_empty else 1}),
     ]
     for field in schema:
         specs.append((rule_id(table, "schema", "types"), f"{field.name} has type {field.type}",
@@ -258,12 +281,14 @@ def _batch_specs(table: str) -> list[tuple[str, str, type, dict]]:
     return specs
 
 
-def build_suite(table: str, now: datetime, max_len: int = MAX_STRING_LENGTH):
-    """The GX ExpectationSuite for one raw table. `now` is the batch's as-of time (time sanity)."""
+def build_suite(table: str, now: datetime, max_len: int = MAX_STRING_LENGTH, allow_empty: bool = False):
+    """The GX ExpectationSuite for one raw table. `now` is the batch's as-of time (time sanity);
+    `allow_empty`: the producer declared the table empty by design (contract.MAY_BE_EMPTY)."""
     import great_expectations as gx
 
     expectations = [cls(**kwargs, meta={"rule_id": rid, "level": level}, description=f"[{rid}] {desc}")
-                    for level, specs in ((BATCH, _batch_specs(table)), (ROW, _row_specs(table, now, max_len)))
+                    for level, specs in ((BATCH, _batch_specs(table, allow_empty)),
+                                         (ROW, _row_specs(table, now, max_len)))
                     for rid, desc, cls, kwargs in specs]
     # Built without a data context (add_expectation would need one); add it with context.suites.add.
     return gx.ExpectationSuite(name=f"raw.{table}", expectations=expectations,
@@ -284,7 +309,7 @@ def rules(table: str, now: datetime | None = None) -> list[Rule]:
 
 
 def all_rule_ids() -> list[str]:
-    return [r.id for t in TABLES for r in rules(t)]
+    return [r.id for t in TABLES for r in rules(t)]  # required tables; rules(t) for optional ones
 
 
 # --------------------------------------------------------------------------- SQL twin of the suite
@@ -313,12 +338,19 @@ def sql_predicates(table: str, now: datetime, rel: str, max_len: int = MAX_STRIN
     def present(c):
         return f"{_q(c)} IS NOT NULL" + (f" AND NOT isnan({_q(c)})" if c in floats else "")
 
+    conditions = {"value_num.notna()": present("value_num"), "value_num.isna()": f"NOT ({present('value_num')})"}
     out = []
     for rid, _, cls, kw in _row_specs(table, now, max_len):
         name = cls.__name__
         c = kw.get("column")
         if name == "ExpectColumnValuesToNotBeNull":
             pred = f"NOT ({present(c)})"
+        elif name == "ExpectColumnValuesToBeNull":
+            pred = present(c)
+        elif name == "ExpectColumnValuesToMatchRegex":
+            # GX (pandas) uses re.match: anchored at the start; `$` also matches before a final newline
+            body = kw["regex"].removeprefix("^").removesuffix("$")
+            pred = f"{present(c)} AND NOT regexp_full_match({_q(c)}, {_sql_literal(body + chr(10) + '?')})"
         elif name == "ExpectColumnValuesToBeUnique":
             pred = f'{_q(c)} IN (SELECT "{c}" FROM {rel} GROUP BY ALL HAVING count(*) > 1)'
         elif name == "ExpectCompoundColumnsToBeUnique":
@@ -346,6 +378,8 @@ def sql_predicates(table: str, now: datetime, rel: str, max_len: int = MAX_STRIN
             pred = f"{present(c)} AND length({_q(c)}) > {int(kw['max_value'])}"
         else:
             raise NotImplementedError(f"no SQL translation for {name} (rule {rid}); add one beside the spec")
+        if "row_condition" in kw:
+            pred = f"({conditions[kw['row_condition']]}) AND ({pred})"
         out.append((rid, pred))
     return out
 
@@ -369,4 +403,7 @@ def cross_table_predicates(table: str) -> list[tuple[str, str]]:
              "GROUP BY campaign_id) w WHERE w.campaign_id = x.campaign_id "
              "AND (x.exposure_ts < w.s OR x.exposure_ts > w.e))"),
         ]
+    if table == "user_attributes":
+        return [("user_attributes.user_id.in_users",
+                 "x.user_id IS NOT NULL AND x.user_id NOT IN (SELECT user_id FROM valid_users)")]
     return []

@@ -1,0 +1,134 @@
+"""Hillstrom end to end, in one process (moto S3 + SQLite MLflow, as tests/pipelines/
+test_chain_inprocess.py): `data import` with validation/mappings/hillstrom.yaml per outcome →
+ingest → validate → features → train → evaluate, then the per-arm Qini / AUUC / uplift@30% of the
+candidate and of the scikit-uplift references (evaluate.reference_uplift) into a markdown table.
+
+    .venv/bin/python benchmarks/eval_hillstrom.py [--outcomes visit conversion] [--limit N]
+        [--set train.epochs=5 ...] [--out docs/hillstrom.md]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "hillstrom.csv"
+MAPPING = ROOT / "validation" / "mappings" / "hillstrom.yaml"
+MODELS = ("candidate", "two_model", "class_transformation")
+
+
+def _override(params: dict, items: list[str]) -> None:
+    for item in items:
+        key, value = item.split("=", 1)
+        *path, last = key.split(".")
+        d = params
+        for p in path:
+            d = d[p]
+        d[last] = yaml.safe_load(value)
+
+
+def run_outcome(outcome: str, work: Path, limit: int | None, overrides: list[str]) -> dict:
+    import boto3
+    from moto import mock_aws
+
+    from campaignops.config import Settings
+    from campaignops.pipelines import evaluate, features, importer, ingest, train, validate
+    from campaignops.pipelines.storage import ObjectStore
+
+    ws = work / outcome
+    shutil.rmtree(ws, ignore_errors=True)
+    ws.mkdir(parents=True)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    # The gate's absolute thresholds are calibrated on the synthetic world; here we only report.
+    params["evaluate"].update(min_auc=0.0, max_logloss=10.0, min_qini=-10.0, min_policy_value_fraction=-10.0)
+    _override(params, overrides)
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
+    settings = Settings(workspace=ws, state_dir=ws / ".state",
+                        env={"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"})
+    saved, cwd = dict(os.environ), os.getcwd()
+    os.environ.update({"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                       "MLFLOW_TRACKING_URI": f"sqlite:///{ws}/mlflow.db"})
+    os.chdir(ws)
+    timings = {}
+    try:
+        with mock_aws():
+            store = ObjectStore(settings, client=boto3.client("s3", region_name="us-east-1"))
+            store.client.create_bucket(Bucket=settings.bucket)
+            steps = [
+                ("import", lambda: importer.import_file(settings, MAPPING, DATA, batch=f"hillstrom-{outcome}",
+                                                       response=outcome, store=store, limit=limit)),
+                ("ingest", lambda: ingest.ingest(settings, batch=f"hillstrom-{outcome}", store=store)),
+                ("validate", lambda: validate.run(settings, store=store)),
+                ("features", lambda: features.build(settings, store=store)),
+                ("train", lambda: train.run(settings)),
+                ("evaluate", lambda: evaluate.run(settings)),
+            ]
+            out = {}
+            for name, step in steps:
+                t0 = time.perf_counter()
+                out[name] = step()
+                timings[name] = round(time.perf_counter() - t0, 1)
+                print(f"[{outcome}] {name}: {timings[name]} s", file=sys.stderr, flush=True)
+    finally:
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(saved)
+    ev, val = out["evaluate"], out["validate"]
+    return {"outcome": outcome, "timings_s": timings, "import": out["import"]["import"],
+            "validate": {t: {k: v[k] for k in ("rows_in", "rows_valid", "rows_quarantined")}
+                         for t, v in val["tables"].items()},
+            "rows": out["features"]["rows"], "train": out["train"]["metrics"],
+            "candidate": {k: ev["candidate"][k] for k in ("auc", "qini", "policy_value_ips", "control_value_ips")},
+            "baselines": {n: {k: b[k] for k in ("auc", "qini")} for n, b in ev["baselines"].items()},
+            "references": ev["uplift_references"]}
+
+
+def markdown(results: list[dict], command: str) -> str:
+    lines = ["| outcome | arm | model | Qini | AUUC | uplift@30% |", "|---|---|---|---:|---:|---:|"]
+    for r in results:
+        refs = r["references"]
+        key = f"uplift_at_{round(refs['k'] * 100)}"
+        for arm, res in refs["arms"].items():
+            best = max(res[n]["qini"] for n in MODELS[1:])
+            for n in MODELS:
+                v = res[n]
+                mark = " ✓" if n == "candidate" and v["qini"] > best else ""  # above both references
+                lines.append(f"| {r['outcome']} | {arm.split('/')[-1]} | {n} | {v['qini']:.4f}{mark} | "
+                             f"{v['auuc']:.4f} | {v[key]:.4f} |")
+    head = [f"Reproduce: `{command}`", ""]
+    return "\n".join(head + lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--outcomes", nargs="+", default=["visit", "conversion"])
+    ap.add_argument("--limit", type=int, default=None, help="first N rows of the file only")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="params override, e.g. train.epochs=5")
+    ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
+    ap.add_argument("--json", type=Path, default=None, help="write the full results here")
+    ap.add_argument("--workdir", type=Path, default=None)
+    a = ap.parse_args()
+    work = a.workdir or Path(tempfile.mkdtemp(prefix="hillstrom-"))
+    t0 = time.perf_counter()
+    results = [run_outcome(o, work, a.limit, a.overrides) for o in a.outcomes]
+    total = time.perf_counter() - t0
+    command = "python benchmarks/eval_hillstrom.py " + " ".join(sys.argv[1:])
+    table = markdown(results, command.strip())
+    print(table)
+    print(f"total {total:.0f} s", file=sys.stderr)
+    if a.json:
+        a.json.write_text(json.dumps({"results": results, "total_s": round(total, 1)}, indent=2, default=str))
+    if a.out:
+        a.out.write_text(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Campaign-log import (pipelines/importer.py): mapping checks, a Hillstrom slice through ingest →
+validate (bad rows quarantined with their rule and source row) → features, and the scikit-uplift
+references of evaluate computed on the features' holdout."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from moto import mock_aws
+
+from campaignops.pipelines import evaluate, features, importer, ingest, layout, validate
+from campaignops.pipelines.storage import ObjectStore
+from campaignops.validation.contract import CONTROL
+
+ROOT = Path(__file__).resolve().parents[2]
+MAPPING = ROOT / "validation" / "mappings" / "hillstrom.yaml"
+DATA = ROOT.parent / "shared" / "data" / "hillstrom.csv"
+N = 400
+COLUMNS = ["recency", "history_segment", "history", "mens", "womens", "zip_code", "newbie", "channel", "segment",
+           "visit", "conversion", "spend"]
+
+needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"{DATA} not present")
+
+
+def _mapping(tmp_path: Path, edit) -> Path:
+    m = yaml.safe_load(MAPPING.read_text())
+    edit(m)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(m))
+    return path
+
+
+def _set(path: str, value):
+    def edit(m):
+        *head, last = path.split(".")
+        d = m
+        for k in head:
+            d = d[k]
+        if value is KeyError:
+            del d[last]
+        else:
+            d[last] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, key, words", [
+    (_set("treatment.column", "arm"), "treatment.column", "column 'arm' is not in the data file"),
+    (_set("treatment.arms", {}), "treatment.arms", "at least one treatment arm"),
+    (_set("treatment.control", KeyError), "treatment.control", "not declared"),
+    (_set("treatment.arms.Mens E-Mail.type", "newsletter"), "treatment.arms.Mens E-Mail.type", "campaign types"),
+    (_set("treatment.arms.Mens E-Mail.channel", "fax"), "treatment.arms.Mens E-Mail.channel", "channels"),
+    (_set("treatment.arms.Mens E-Mail.discount_rate", 1.5), "treatment.arms.Mens E-Mail.discount_rate", "<= 1.0"),
+    (_set("treatment.arms.Mens E-Mail.variant", "control"), "treatment.arms.Mens E-Mail.variant", "unique id"),
+    (_set("treatment.arms.No E-Mail", {}), "treatment.arms.No E-Mail", "control arm is implicit"),
+    (_set("outcomes.response", "clicks"), "outcomes.response", "column 'clicks'"),
+    (_set("features.numeric", ["recency", "income"]), "features.numeric", "column 'income'"),
+    (_set("users.age", KeyError), "users.age", "requires age"),
+    (_set("users.gender", {"fill": "X"}), "users.gender.fill", "genders"),
+    (_set("campaign.window", KeyError), "campaign.window", "required when no timestamp column"),
+    (_set("colour", "blue"), "colour", "unknown key"),
+])
+def test_mapping_errors_name_the_file_and_key(tmp_path, edit, key, words):
+    path = _mapping(tmp_path, edit)
+    with pytest.raises(importer.MappingError) as exc:
+        importer.load_mapping(path, COLUMNS)
+    assert str(exc.value).startswith(f"{path}: {key}: ") and words in str(exc.value), str(exc.value)
+
+
+def test_hillstrom_mapping_is_valid_and_response_switches():
+    m = importer.load_mapping(MAPPING, COLUMNS)
+    assert (m["treatment"], m["control"], m["response"], m["revenue"]) == ("segment", "No E-Mail", "visit", "spend")
+    assert importer.load_mapping(MAPPING, COLUMNS, response="conversion")["response"] == "conversion"
+    with pytest.raises(importer.MappingError, match="--response: column 'clicks'"):
+        importer.load_mapping(MAPPING, COLUMNS, response="clicks")
+
+
+def test_spread_is_deterministic_and_fills_the_window():
+    keys = [f"r{i}" for i in range(20000)]
+    a, b = importer._spread_ms(keys, "c", 1000), importer._spread_ms(keys, "c", 1000)
+    assert (a == b).all() and a.min() >= 1 and a.max() <= 1000
+    assert abs(np.median(a) - 500) < 25  # ~uniform: the time split acts as a random split
+
+
+# --------------------------------------------------------------------------- a slice through the chain
+
+BAD = {5: ("segment", "Kids E-Mail"), 6: ("visit", "2"), 7: ("visit", "yes"), 8: ("recency", "soon")}
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    if not DATA.exists():
+        pytest.skip(f"{DATA} not present")
+    from campaignops.config import Settings
+
+    tmp = tmp_path_factory.mktemp("import")
+    df = pd.read_csv(DATA, dtype=str, nrows=N)
+    for row, (col, value) in BAD.items():
+        df.loc[row, col] = value
+    data = tmp / "slice.csv"
+    df.to_csv(data, index=False)
+    (tmp / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    settings = Settings(workspace=tmp, state_dir=tmp / ".state",
+                        env={"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "CAMPAIGNOPS_ID_SALT": "s"})
+    mp = pytest.MonkeyPatch()
+    for k, v in settings.env.items():
+        mp.setenv(k, v)
+    with mock_aws():
+        store = ObjectStore(settings, client=boto3.client("s3", region_name="us-east-1"))
+        store.client.create_bucket(Bucket=settings.bucket)
+        manifest = importer.import_file(settings, MAPPING, data, batch="slice", store=store)
+        ingest.ingest(settings, batch="slice", store=store)
+        report = validate.run(settings, store=store)
+        quarantine = {t: store.read_table(store.key(v["quarantine_uri"])).to_pandas()
+                      for t, v in report["tables"].items() if v["quarantine_uri"]}
+        meta = features.build(settings, store=store)
+        yield settings, manifest, report, quarantine, meta
+    mp.undo()
+
+
+def test_import_rows_in_equal_rows_out_and_the_batch_validates(chain):
+    settings, manifest, report, _, meta = chain
+    n_attr = 8 * N
+    assert {t: e["rows"] for t, e in manifest["tables"].items()} == \
+        {"users": N, "events": 0, "campaigns": 2, "exposures": N, "user_attributes": n_attr}
+    assert manifest["tables"]["events"]["empty_by_design"] and manifest["import"]["undeclared_arms"] == {"Kids E-Mail": 1}
+    assert report["passed"]
+    for t, e in manifest["tables"].items():
+        r = report["tables"][t]
+        assert r["rows_in"] == e["rows"] == r["rows_valid"] + r["rows_quarantined"] + r["rows_deduplicated"]
+    validated = settings.workspace / layout.VALIDATED_DIR
+    assert pq.read_metadata(validated / "events.parquet").num_rows == 0
+    assert pq.read_metadata(validated / "user_attributes.parquet").num_rows == n_attr - 1
+    assert sum(meta["rows"].values()) == N - 3 and not meta["has_truth"]
+    assert "attr_recency" in meta["profile_cols"] and "attr_zip_code__urban" in meta["profile_cols"]
+
+
+def test_malformed_rows_are_quarantined_with_rule_and_source_row(chain):
+    _, _, report, q, _ = chain
+    x = q["exposures"].set_index("_source_row")
+    assert x.loc[5, "_rule"] == "exposures.variant_id.in_campaigns" and x.loc[5, "variant_id"] == "Kids E-Mail"
+    assert x.loc[6, "_rule"] == "exposures.responded.allowed"
+    assert x.loc[7, "_rule"] == "exposures.responded.not_null"
+    assert set(x.index) == {5, 6, 7} and x.loc[6, "exposure_id"].endswith("r0000006")
+    a = q["user_attributes"]
+    assert a[["user_id", "name", "_rule"]].values.tolist() == [["r0000008", "recency", "user_attributes.value.none_set"]]
+
+
+def test_attribute_rules_hold_in_gx_and_sql():
+    """The user_attributes suite and its SQL twin flag the same rows (validate cross-checks them on every run)."""
+    from datetime import datetime
+
+    from campaignops.validation import suites
+
+    ids = [r.id for r in suites.rules("user_attributes")]
+    assert {"user_attributes.key.unique", "user_attributes.user_id.in_users", "user_attributes.value.both_set",
+            "user_attributes.value.none_set", "user_attributes.name.format"} <= set(ids)
+    preds = dict(suites.sql_predicates("user_attributes", datetime(2026, 1, 1), "rel"))
+    assert "regexp_full_match" in preds["user_attributes.name.format"]
+
+
+def test_references_are_scored_on_the_same_holdout(chain):
+    settings, *_ = chain
+    expanded, frame, truth = evaluate.load_holdout(settings)
+    assert truth is None
+    p = np.random.default_rng(0).random(len(frame))
+    refs = evaluate.reference_uplift(settings, features_meta(settings), expanded, frame, p)
+    hold = frame[frame["arm_id"] == frame["variant_id"]]
+    assert set(refs["arms"]) == {"hillstrom_2008/mens_email", "hillstrom_2008/womens_email"}
+    for arm, res in refs["arms"].items():
+        variant = arm.split("/")[1]
+        assert res["rows"]["holdout"] == int(hold["variant_id"].isin([variant, CONTROL]).sum())
+        assert set(res) == {"rows", "candidate", "two_model", "class_transformation"}
+        for name in ("candidate", "two_model", "class_transformation"):
+            assert set(res[name]) == {"qini", "auuc", "uplift_at_30"} and np.isfinite(res[name]["qini"])
+
+
+def features_meta(settings):
+    import json
+
+    return json.loads((settings.workspace / layout.FEATURES_DIR / "meta.json").read_text())
