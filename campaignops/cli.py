@@ -115,6 +115,23 @@ def train() -> None:
 
 
 @app.command()
+def drift(stage: str = typer.Option(..., help="train: the new features before training; score: the scoring frame"),
+          campaign_id: Optional[str] = typer.Option(None, help="score stage: campaign (default: the upcoming one)")) -> None:
+    """Drift gate: PSI per feature vs the champion's training snapshot; exit 1 on a blocking breach."""
+    from campaignops.pipelines import drift as step
+
+    if stage not in step.STAGES:
+        raise typer.BadParameter(f"--stage must be one of {', '.join(step.STAGES)}")
+    settings = load_settings()
+    try:
+        report = step.gate_training(settings) if stage == "train" else step.gate_scoring(settings, campaign_id)
+    except step.DriftDetected as exc:
+        console.print(f"[red]drift gate blocked {stage}:[/] {exc}")
+        raise typer.Exit(1)
+    _print(step.summary(report))
+
+
+@app.command()
 def evaluate() -> None:
     """Compare candidate and champion on the holdout; write reports/evaluation.json."""
     from campaignops.pipelines import evaluate as step

@@ -3,8 +3,10 @@
 
 Daily retraining of the campaign response model:
 **ingest** (register the landed raw batch) → **validate** (GX contracts, quarantine) →
-**features** → **train** (DVC stages, outputs pushed to S3) → **evaluate** (candidate vs
-champion on the same holdout) → **promote** (only if the gate passed).
+**features** → **drift_check** (the new features vs the champion's training snapshot; a blocking
+PSI breach stops the run, report in `reports/drift_train.json` and S3 `drift/train/`) →
+**train** (DVC stages, outputs pushed to S3) → **evaluate** (candidate vs champion on the same
+holdout) → **promote** (only if the gate passed).
 
 Logic lives in `campaignops.pipelines`; this file only wires it.
 """
@@ -41,6 +43,13 @@ def campaign_retrain():
         return repro(load_settings(), stage)
 
     @task
+    def drift_check() -> dict:
+        from campaignops.config import load_settings
+        from campaignops.pipelines.drift import gate_training, summary
+
+        return summary(gate_training(load_settings()))
+
+    @task
     def evaluate() -> dict:
         from campaignops.config import load_settings
         from campaignops.pipelines.evaluate import run
@@ -58,7 +67,7 @@ def campaign_retrain():
     validate = dvc_stage.override(task_id="validate")("validate")
     features = dvc_stage.override(task_id="features")("features")
     train = dvc_stage.override(task_id="train")("train")
-    ingest() >> validate >> features >> train >> evaluate() >> promote()
+    ingest() >> validate >> features >> drift_check() >> train >> evaluate() >> promote()
 
 
 campaign_retrain()

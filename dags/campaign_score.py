@@ -4,6 +4,10 @@
 Scores every user under each variant of a campaign with the `champion` model and picks the
 best variant (or none) per user within the budget. Output: parquet + manifest in S3 under
 `scores/<campaign_id>/<run>/`. Leave the campaign empty to score the upcoming one.
+
+**drift_check** runs first: every user's features as of the campaign start vs the champion's
+training snapshot (PSI per feature, policy in params.yaml `drift:`); a blocking breach stops
+the run before scoring, report in `reports/drift_score.json` and S3 `drift/score/`.
 """
 from __future__ import annotations
 
@@ -28,6 +32,13 @@ from airflow.sdk import Param, dag, task
 )
 def campaign_score():
     @task
+    def drift_check(params=None) -> dict:
+        from campaignops.config import load_settings
+        from campaignops.pipelines.drift import gate_scoring, summary
+
+        return summary(gate_scoring(load_settings(), campaign_id=params.get("campaign_id")))
+
+    @task
     def score(params=None) -> dict:
         from campaignops.config import load_settings
         from campaignops.pipelines.score import run
@@ -35,7 +46,7 @@ def campaign_score():
         manifest = run(load_settings(), campaign_id=params.get("campaign_id"), budget=params.get("budget"))
         return {k: manifest[k] for k in ("campaign_id", "output", "model", "rows", "users_targeted", "spent")}
 
-    score()
+    drift_check() >> score()
 
 
 campaign_score()

@@ -29,6 +29,11 @@ def scores_prefix(campaign_id: str, run_id: str) -> str:
     return f"scores/{campaign_id}/{run_id}/"
 
 
+def drift_prefix(stage: str, batch: str, check_id: str) -> str:
+    """One drift gate check (report.json, report.html) before `stage` (train | score)."""
+    return f"drift/{stage}/{batch}/{check_id}/"
+
+
 # Workspace paths (relative to the workspace root); DVC tracks the data/ ones.
 RAW_MANIFEST = Path("data/raw_manifest.json")
 VALIDATED_DIR = Path("data/validated")

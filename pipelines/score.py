@@ -54,6 +54,7 @@ def run(settings: Settings, campaign_id: str | None = None, budget: float | None
     ordered = pa.Table.from_pandas(_control_last(arms), preserve_index=False)
     start = con.execute("SELECT min(start_ts) FROM campaigns WHERE campaign_id = ?", [campaign_id]).fetchone()[0]
     users = scoring_frame(con, start.isoformat(sep=" "), model.meta)
+    drift = _drift(settings, users, campaign_id, store)  # before scoring: DriftDetected stops the run here
     users = users.append_column("campaign_id", pa.array([campaign_id] * users.num_rows))
     expanded = attach_arms(users, ordered, "user_id", every_arm=True)
     p, _ = model.predict_arrays(encode(expanded, model.meta))
@@ -101,7 +102,7 @@ def run(settings: Settings, campaign_id: str | None = None, budget: float | None
         "code": {"git_sha": tracking.git_revision(settings)},
         "output": store.uri(prefix + "scores.parquet"),
     }
-    manifest["drift"] = _drift(settings, users, model.meta)
+    manifest["drift"] = drift
     truth = _truth_check(settings, store, raw, campaign_id, users, arm_ids, chosen)
     if truth:
         manifest["truth_check"] = truth
@@ -110,22 +111,12 @@ def run(settings: Settings, campaign_id: str | None = None, budget: float | None
     return manifest
 
 
-def _drift(settings: Settings, users: pa.Table, meta: dict) -> dict:
-    """PSI of the scoring frame's profile features against the most recent labelled snapshot
-    (the holdout); raises DriftDetected when params drift.block_scoring is set."""
-    from campaignops.pipelines.drift import check_drift, drift_report, thresholds
+def _drift(settings: Settings, users: pa.Table, campaign_id: str, store: ObjectStore | None) -> dict:
+    """The drift gate before scoring (pipelines/drift.py): the scoring frame vs the champion's
+    training snapshot; raises DriftDetected on a blocking breach, else the manifest's summary."""
+    from campaignops.pipelines.drift import gate_scoring, summary
 
-    reference = settings.workspace / layout.FEATURES_DIR / "holdout.parquet"
-    if not reference.exists():
-        return {"skipped": f"no reference snapshot at {reference}"}
-    import pyarrow.parquet as pq
-
-    max_psi, bins = thresholds(settings.params)
-    report = drift_report(pq.read_table(reference, columns=meta["profile_cols"]), users, meta["profile_cols"], bins=bins)
-    report["over_threshold"] = sorted(n for n, f in report["features"].items() if f["psi"] > max_psi)
-    if settings.params.get("drift", {}).get("block_scoring"):
-        check_drift(report, max_psi)
-    return report
+    return summary(gate_scoring(settings, campaign_id, users=users, store=store))
 
 
 def _control_last(arms):

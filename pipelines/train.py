@@ -92,6 +92,9 @@ def run(settings: Settings) -> dict:
             mlflow.set_tags({f"dataset.{name}.sha256": sha256_file(fdir / name)
                              for name in ("train.parquet", "valid.parquet", "holdout.parquet", "arms.parquet")})
             mlflow.set_tag("git_sha", tracking.git_revision(settings))
+            from campaignops.pipelines import drift
+
+            drift.write_reference(fdir, meta, tmp / drift.REFERENCE_DIR, mlflow)  # the drift gate's training snapshot
             for epoch, (loss, val_auc) in enumerate(zip(history.history["loss"],
                                                         history.history["val_response_auc"])):
                 mlflow.log_metrics({"epoch_loss": loss, "epoch_val_auc": val_auc}, step=epoch)

@@ -22,8 +22,9 @@
    data/validated/<table>.parquet, the directory replaced atomically.
    Invariant, per table: rows in = rows valid + rows quarantined + rows deduplicated.
 6. GX Data Docs and result.json go to s3://<bucket>/validation/<batch>/<run_id>/; the same
-   summary to reports/validation.json. Batch-level failures after the row pass — a table whose
-   quarantine share exceeds validate.max_quarantine_rate, or whose row count is outside
+   summary to reports/validation.json when the batch passed (it describes data/validated), to
+   reports/validation_failed.json when it failed. Batch-level failures after the row pass — a
+   table whose quarantine share exceeds validate.max_quarantine_rate, or whose row count is outside
    [volume_min_ratio, volume_max_ratio] × the previous batch's (validation/_history.json) —
    fail the run (`ValidationFailed`) after the quarantine and the reports are written, and
    data/validated is then left as it was.
@@ -771,7 +772,9 @@ def run(settings: Settings, store: ObjectStore | None = None) -> dict:
         report["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
         report["finished_at"] = datetime.now(timezone.utc).isoformat()
         store.put_json(prefix + "result.json", report)
-        write_json(ws / layout.REPORTS_DIR / "validation.json", report)
+        # validation.json describes data/validated (lineage: features, promote and score cite it), so
+        # only a passing run replaces it; a failed run's report goes beside it.
+        write_json(ws / layout.REPORTS_DIR / ("validation.json" if passed else "validation_failed.json"), report)
     finally:
         if engine is not None:
             engine.close()
@@ -787,5 +790,6 @@ def run(settings: Settings, store: ObjectStore | None = None) -> dict:
                              f"max {threshold:.2%}; top rules: {_top_rules(f['top_rules'])}")
         raise ValidationFailed(f"batch {batch!r} failed validation (run {run_id}): " + " | ".join(lines)
                                + f". Quarantine: {store.uri('quarantine/')}<table>/{batch}/{run_id}.parquet; "
-                               f"report: {result_uri}; docs: {docs_uri}. data/validated was left unchanged.")
+                               f"report: {result_uri} (reports/validation_failed.json); docs: {docs_uri}. data/validated and "
+                               "reports/validation.json were left unchanged.")
     return report

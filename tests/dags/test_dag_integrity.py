@@ -28,7 +28,7 @@ def test_no_import_errors(dagbag):
 
 def test_retrain_chain_order(dagbag):
     dag = dagbag.dags["campaign_retrain"]
-    order = ["ingest", "validate", "features", "train", "evaluate", "promote"]
+    order = ["ingest", "validate", "features", "drift_check", "train", "evaluate", "promote"]
     for upstream, downstream in zip(order, order[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
     assert dag.max_active_runs == 1 and dag.schedule == "@daily"
@@ -37,6 +37,12 @@ def test_retrain_chain_order(dagbag):
 def test_score_has_a_params_form(dagbag):
     dag = dagbag.dags["campaign_score"]
     assert {"campaign_id", "budget"} <= set(dag.params.keys())
+
+
+def test_score_is_gated_by_the_drift_check(dagbag):
+    dag = dagbag.dags["campaign_score"]
+    assert set(dag.task_ids) == {"drift_check", "score"}
+    assert dag.get_task("drift_check").downstream_task_ids == {"score"}
 
 
 @pytest.mark.parametrize("dag_file", sorted(p.name for p in DAGS.glob("*.py")))

@@ -178,9 +178,13 @@ def test_rate_over_threshold_fails_after_writing_quarantine_and_reports(s3):
         run_validate(settings, store, world)
     msg = str(err.value)
     assert "events" in msg and "events.price.non_negative=5" in msg and "12.50%" in msg and "5.00%" in msg
-    report = json.loads((settings.workspace / "reports/validation.json").read_text())
+    # the failed run's report goes beside the last good one, which still describes data/validated
+    report = json.loads((settings.workspace / "reports/validation_failed.json").read_text())
     assert report["passed"] is False and report["failures"][0]["table"] == "events"
-    assert report["run_id"] != previous["run_id"]
+    assert report["run_id"] != previous["run_id"] and report["run_id"] in msg
+    good = json.loads((settings.workspace / "reports/validation.json").read_text())
+    assert good["run_id"] == previous["run_id"] and good["passed"] is True
+    assert store.get_json(layout.validation_prefix(BATCH, report["run_id"]) + "result.json")["status"] == "failed"
     assert len(quarantine_rows(store, "events")) == 5
     assert store.exists(layout.validation_prefix(BATCH, report["run_id"]) + "result.json")
     # the previous validated data is left in place
