@@ -35,7 +35,7 @@ def _override(params: dict, items: list[str]) -> None:
         d[last] = yaml.safe_load(value)
 
 
-def run_outcome(outcome: str, work: Path, limit: int | None, overrides: list[str]) -> dict:
+def run_outcome(outcome: str, work: Path, limit: int | None, overrides: list[str], data: Path = DATA) -> dict:
     import boto3
     from moto import mock_aws
 
@@ -63,7 +63,7 @@ def run_outcome(outcome: str, work: Path, limit: int | None, overrides: list[str
             store = ObjectStore(settings, client=boto3.client("s3", region_name="us-east-1"))
             store.client.create_bucket(Bucket=settings.bucket)
             steps = [
-                ("import", lambda: importer.import_file(settings, MAPPING, DATA, batch=f"hillstrom-{outcome}",
+                ("import", lambda: importer.import_file(settings, MAPPING, data, batch=f"hillstrom-{outcome}",
                                                        response=outcome, store=store, limit=limit)),
                 ("ingest", lambda: ingest.ingest(settings, batch=f"hillstrom-{outcome}", store=store)),
                 ("validate", lambda: validate.run(settings, store=store)),
@@ -115,10 +115,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     ap.add_argument("--json", type=Path, default=None, help="write the full results here")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--data", type=Path, default=DATA, help="hillstrom.csv")
     a = ap.parse_args()
     work = a.workdir or Path(tempfile.mkdtemp(prefix="hillstrom-"))
     t0 = time.perf_counter()
-    results = [run_outcome(o, work, a.limit, a.overrides) for o in a.outcomes]
+    results = [run_outcome(o, work, a.limit, a.overrides, a.data) for o in a.outcomes]
     total = time.perf_counter() - t0
     command = "python benchmarks/eval_hillstrom.py " + " ".join(sys.argv[1:])
     table = markdown(results, command.strip())
