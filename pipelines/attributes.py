@@ -122,3 +122,16 @@ def attach(con: duckdb.DuckDBPyConnection, table: pa.Table, spec: list[dict] | N
     for name, col in zip(out.column_names, out.columns):
         table = table.append_column(name, col)
     return table
+
+
+def attach_scoring(con: duckdb.DuckDBPyConnection, table: pa.Table, spec: list[dict] | None, as_of: str) -> pa.Table:
+    """Scoring (trusted boundary, real ids): `table` (user_id = real id) with the model's attribute
+    columns as of `as_of`, from the connection's `user_attributes` view (features.connect)."""
+    if not spec:
+        return table
+    has_view = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [TABLE]).fetchone()[0]
+    src = (f"SELECT user_id AS ukey, name, as_of, value_num, value_str FROM {TABLE}" if has_view else
+           "SELECT NULL::VARCHAR AS ukey, NULL::VARCHAR AS name, NULL::TIMESTAMP AS as_of, NULL::DOUBLE AS value_num, "
+           "NULL::VARCHAR AS value_str WHERE false")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _attr AS {src}")
+    return attach(con, table, spec, as_of=as_of)

@@ -357,6 +357,8 @@ def connect(validated_dir: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     for name in ("users", "events", "campaigns", "exposures"):
         con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{validated_dir / (name + '.parquet')}')")
+    if (validated_dir / f"{attributes.TABLE}.parquet").exists():  # optional raw table
+        con.execute(f"CREATE VIEW {attributes.TABLE} AS SELECT * FROM read_parquet('{validated_dir / attributes.TABLE}.parquet')")
     return con
 
 
@@ -678,7 +680,8 @@ def scoring_frame(con: duckdb.DuckDBPyConnection, as_of: str, meta: dict) -> pa.
                            meta["recent_days"], fit, derive="segments" in fit)
     if "segments" not in fit:
         feats = feats.drop_columns(list(RAW_COLS))
-    return feats.rename_columns(["user_id", *feats.column_names[1:]])
+    feats = feats.rename_columns(["user_id", *feats.column_names[1:]])
+    return attributes.attach_scoring(con, feats, fit.get("attributes"), as_of)
 
 
 def attach_arms(rows: pa.Table, arms: pa.Table, row_key: str, every_arm: bool) -> pa.Table:
