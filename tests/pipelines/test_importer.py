@@ -184,3 +184,12 @@ def features_meta(settings):
     import json
 
     return json.loads((settings.workspace / layout.FEATURES_DIR / "meta.json").read_text())
+
+
+def test_scoring_frame_carries_the_attribute_columns(chain):
+    settings, manifest, _, _, meta = chain
+    con = features.connect(settings.workspace / layout.VALIDATED_DIR)
+    frame = features.scoring_frame(con, manifest["now"].replace("T", " "), meta)
+    assert frame.num_rows == N and set(meta["profile_cols"]) <= set(frame.column_names)
+    history = pd.read_csv(DATA, nrows=N)["history"].to_numpy()
+    assert np.allclose(frame.column("attr_history").to_numpy(), history)  # real ids, in users order
