@@ -35,7 +35,29 @@ def _override(params: dict, items: list[str]) -> None:
         d[last] = yaml.safe_load(value)
 
 
-def run_outcome(outcome: str, work: Path, limit: int | None, overrides: list[str], data: Path = DATA) -> dict:
+def qini_noise(settings, references: dict, draws: int = 200, seed: int = 0) -> dict[str, float]:
+    """Per arm: the standard deviation of the Qini coefficient of a random ranking on the same
+    holdout rows, i.e. how far apart two figures must be before the difference means anything."""
+    import numpy as np
+
+    from campaignops.models.metrics import qini_auc_score
+    from campaignops.pipelines.evaluate import load_holdout
+    from campaignops.validation.contract import CONTROL
+
+    _, frame, _ = load_holdout(settings)
+    hold = frame[frame["arm_id"] == frame["variant_id"]]
+    rng = np.random.default_rng(seed)
+    out = {}
+    for arm in references["arms"]:
+        cid, variant = arm.split("/")
+        h = hold[(hold["campaign_id"] == cid) & hold["variant_id"].isin([variant, CONTROL])]
+        y, t = h["responded"].to_numpy().astype(int), (h["variant_id"] == variant).to_numpy().astype(int)
+        out[arm] = float(np.std([qini_auc_score(y, rng.random(len(y)), t) for _ in range(draws)]))
+    return out
+
+
+def run_outcome(outcome: str, work: Path, limit: int | None, overrides: list[str], data: Path = DATA,
+                split_seed: int | None = None) -> dict:
     import boto3
     from moto import mock_aws
 
@@ -43,7 +65,7 @@ def run_outcome(outcome: str, work: Path, limit: int | None, overrides: list[str
     from campaignops.pipelines import evaluate, features, importer, ingest, train, validate
     from campaignops.pipelines.storage import ObjectStore
 
-    ws = work / outcome
+    ws = work / (outcome if split_seed is None else f"{outcome}-split{split_seed}")
     shutil.rmtree(ws, ignore_errors=True)
     ws.mkdir(parents=True)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -64,7 +86,8 @@ def run_outcome(outcome: str, work: Path, limit: int | None, overrides: list[str
             store.client.create_bucket(Bucket=settings.bucket)
             steps = [
                 ("import", lambda: importer.import_file(settings, MAPPING, data, batch=f"hillstrom-{outcome}",
-                                                       response=outcome, store=store, limit=limit)),
+                                                       response=outcome, store=store, limit=limit,
+                                                       split_seed=split_seed)),
                 ("ingest", lambda: ingest.ingest(settings, batch=f"hillstrom-{outcome}", store=store)),
                 ("validate", lambda: validate.run(settings, store=store)),
                 ("features", lambda: features.build(settings, store=store)),
@@ -82,29 +105,51 @@ def run_outcome(outcome: str, work: Path, limit: int | None, overrides: list[str
         os.environ.clear()
         os.environ.update(saved)
     ev, val = out["evaluate"], out["validate"]
-    return {"outcome": outcome, "timings_s": timings, "import": out["import"]["import"],
+    noise = qini_noise(settings, ev["uplift_references"])
+    return {"outcome": outcome, "split_seed": split_seed, "timings_s": timings, "import": out["import"]["import"],
             "validate": {t: {k: v[k] for k in ("rows_in", "rows_valid", "rows_quarantined")}
                          for t, v in val["tables"].items()},
             "rows": out["features"]["rows"], "train": out["train"]["metrics"],
             "candidate": {k: ev["candidate"][k] for k in ("auc", "qini", "policy_value_ips", "control_value_ips")},
             "baselines": {n: {k: b[k] for k in ("auc", "qini")} for n, b in ev["baselines"].items()},
-            "references": ev["uplift_references"]}
+            "references": ev["uplift_references"], "qini_noise_sd": noise}
 
 
 def markdown(results: list[dict], command: str) -> str:
-    lines = ["| outcome | arm | model | Qini | AUUC | uplift@30% |", "|---|---|---|---:|---:|---:|"]
+    """Per outcome, arm and model: each metric's mean ± sd over the splits run (one split: the value);
+    ✓ counts the splits where the candidate's Qini is above both references'."""
+    import numpy as np
+
+    cells: dict[tuple, dict[str, list[float]]] = {}
+    wins: dict[tuple, int] = {}
+    noise: dict[tuple, list[float]] = {}
+    k = None
     for r in results:
         refs = r["references"]
-        key = f"uplift_at_{round(refs['k'] * 100)}"
+        k = f"uplift_at_{round(refs['k'] * 100)}"
         for arm, res in refs["arms"].items():
-            best = max(res[n]["qini"] for n in MODELS[1:])
+            key = (r["outcome"], arm.split("/")[-1])
+            noise.setdefault(key, []).append(r["qini_noise_sd"][arm])
+            wins[key] = wins.get(key, 0) + int(res["candidate"]["qini"] > max(res[n]["qini"] for n in MODELS[1:]))
             for n in MODELS:
-                v = res[n]
-                mark = " ✓" if n == "candidate" and v["qini"] > best else ""  # above both references
-                lines.append(f"| {r['outcome']} | {arm.split('/')[-1]} | {n} | {v['qini']:.4f}{mark} | "
-                             f"{v['auuc']:.4f} | {v[key]:.4f} |")
-    head = [f"Reproduce: `{command}`", ""]
-    return "\n".join(head + lines) + "\n"
+                for metric in ("qini", "auuc", k):
+                    cells.setdefault(key + (n,), {}).setdefault(metric, []).append(res[n][metric])
+    splits = len({r.get("split_seed") for r in results})
+
+    def fmt(v: list[float]) -> str:
+        return f"{v[0]:.4f}" if len(v) == 1 else f"{np.mean(v):.4f} ± {np.std(v, ddof=1):.4f}"
+
+    lines = [f"Reproduce: `{command}`", "",
+             f"Holdout figures per treatment arm vs control ({splits} split(s); with more than one: mean ± sd "
+             "over the splits). The last column: the Qini sd of a random ranking on the same rows (noise scale).", "",
+             "| outcome | arm | model | Qini | AUUC | uplift@30% | candidate > both refs (splits) | random-ranking Qini sd |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for key in sorted({c[:3] for c in cells}, key=lambda c: (c[0] != "visit", c[1], MODELS.index(c[2]))):
+        v = cells[key]
+        extra = (f"{wins[key[:2]]}/{splits}", f"{np.mean(noise[key[:2]]):.4f}") if key[2] == "candidate" else ("", "")
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {fmt(v['qini'])} | {fmt(v['auuc'])} | {fmt(v[k])} | "
+                     f"{extra[0]} | {extra[1]} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -116,10 +161,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="write the full results here")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--data", type=Path, default=DATA, help="hillstrom.csv")
+    ap.add_argument("--splits", type=int, default=1, help="repeat on this many random splits (split seeds 0..n-1)")
     a = ap.parse_args()
     work = a.workdir or Path(tempfile.mkdtemp(prefix="hillstrom-"))
     t0 = time.perf_counter()
-    results = [run_outcome(o, work, a.limit, a.overrides, a.data) for o in a.outcomes]
+    results = [run_outcome(o, work, a.limit, a.overrides, a.data, split_seed=seed if a.splits > 1 else None)
+               for seed in range(a.splits) for o in a.outcomes]
     total = time.perf_counter() - t0
     command = "python benchmarks/eval_hillstrom.py " + " ".join(sys.argv[1:])
     table = markdown(results, command.strip())

@@ -302,7 +302,7 @@ def build_tables(m: dict, df: pd.DataFrame) -> tuple[dict[str, pa.Table], dict]:
         start, end = m["window"]
         span = int((end - start) / pd.Timedelta(milliseconds=1))
         keys = uid.to_pylist() if m["id"] else rownum
-        offs = _spread_ms([k or r for k, r in zip(keys, rownum)], m["campaign_id"], span)
+        offs = _spread_ms([k or r for k, r in zip(keys, rownum)], m.get("spread_salt", m["campaign_id"]), span)
         ts = pa.array((np.datetime64(start.to_datetime64(), "ms") + offs.astype("timedelta64[ms]")), pa.timestamp("ms"))
     if m["window"] is not None:
         start, end = m["window"]
@@ -386,9 +386,11 @@ def _sha256(path: Path) -> str:
 
 
 def import_file(settings, mapping_path: Path | str, data_path: Path | str, batch: str | None = None,
-                response: str | None = None, store=None, limit: int | None = None) -> dict:
+                response: str | None = None, store=None, limit: int | None = None,
+                split_seed: int | None = None) -> dict:
     """Map `data_path` with the mapping into raw/<batch>/ (one part per table, the manifest last).
-    Returns the manifest. `limit`: first rows only (tests, dry looks)."""
+    Returns the manifest. `limit`: first rows only (tests, dry looks). `split_seed`: another
+    spread of exposure times (another random train/valid/holdout split), for repeated splits."""
     data_path, mapping_path = Path(data_path), Path(mapping_path)
     if not data_path.is_file():
         raise FileNotFoundError(f"data file {data_path} not found")
@@ -399,6 +401,8 @@ def import_file(settings, mapping_path: Path | str, data_path: Path | str, batch
         df = df.iloc[:limit].reset_index(drop=True)
     m = load_mapping(mapping_path, [str(c) for c in df.columns], response=response)
     batch = str(batch or m["batch"] or data_path.stem)
+    if split_seed is not None:
+        m["spread_salt"] = f"{m['campaign_id']}#{int(split_seed)}"
     tables, stats = build_tables(m, df)
     if store is None:
         from campaignops.pipelines.storage import ObjectStore
@@ -430,7 +434,8 @@ def import_file(settings, mapping_path: Path | str, data_path: Path | str, batch
                       "data_sha256": _sha256(data_path), "rows_limit": limit, "campaign_id": m["campaign_id"],
                       "response": m["response"], "revenue": m["revenue"],
                       "exposure_times": "column " + m["timestamp"] if m["timestamp"] else
-                      "spread over the campaign window by sha256(campaign id, user id or row)"},
+                      "spread over the campaign window by sha256(campaign id, user id or row)",
+                      "split_seed": split_seed},
         "import": stats,
         "tables": entries,
     }
