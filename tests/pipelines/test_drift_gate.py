@@ -202,3 +202,30 @@ def test_report_write_is_atomic(tmp_path, monkeypatch):
         drift.write_report(settings, drift.assess(ref, cur, pol), store)
     assert path.read_bytes() == before  # the previous report stays whole
     assert sorted(p.name for p in path.parent.iterdir()) == ["drift_score.html", "drift_score.json"]
+
+
+def test_scoring_manifest_entry_points_at_the_report(worlds):
+    from campaignops.pipelines import score
+
+    w, store = worlds
+    b = w["b"]
+    _ref, _info, meta = drift.read_reference(w["a"].workspace / layout.MODEL_DIR / drift.REFERENCE_DIR, "profile")
+    users, campaign_id = drift.scoring_users(b, None, meta)
+    entry = score._drift(b, users, campaign_id, store)
+    assert entry["status"] == "passed" and entry["reference_model_version"] == "1"
+    assert entry["report_uri"] == store.uri(layout.drift_prefix("score", "8", entry["check_id"]) + "report.json")
+    assert entry["report_path"] == "reports/drift_score.json" and "resp_rate_push" in entry["exempt_over_threshold"]
+
+
+def test_cli_exits_nonzero_on_a_blocking_breach(monkeypatch):
+    from typer.testing import CliRunner
+
+    from campaignops import cli
+
+    def blocked(_settings):
+        raise drift.DriftDetected("drift gate blocked train: log_avg_price (PSI 5.5 > 0.2)", {"log_avg_price": 5.5})
+
+    monkeypatch.setattr(drift, "gate_training", blocked)
+    result = CliRunner().invoke(cli.app, ["drift", "--stage", "train"])
+    assert result.exit_code == 1 and "log_avg_price" in result.output
+    assert CliRunner().invoke(cli.app, ["drift", "--stage", "serve"]).exit_code == 2
