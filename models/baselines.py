@@ -112,7 +112,9 @@ class NoSequenceMLP:
         return self
 
     def predict(self, x: dict[str, np.ndarray]) -> np.ndarray:
-        return self.model.predict(x, batch_size=4096, verbose=0)[0][:, 0].astype(np.float64)
+        from campaignops.models.inputs import select_inputs
+
+        return self.model.predict(select_inputs(self.model, x), batch_size=4096, verbose=0)[0][:, 0].astype(np.float64)
 
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)

@@ -45,8 +45,9 @@ def permutation_importance(predict: Callable[[dict], np.ndarray], x: dict[str, n
             prof[:, j] = x["profile"][src, j]
             return {**x, "profile": prof}
         out.append({"feature": col, "group": "profile", **{f"{k}_drop": v for k, v in score(mutate).items()}})
+    seq_keys = [k for k in x if k.startswith("seq")]   # tokens and their per-step channels, as one block
     out.append({"feature": "sequence", "group": "sequence",
-                **{f"{k}_drop": v for k, v in score(lambda src: {**x, "seq": x["seq"][src]}).items()}})
+                **{f"{k}_drop": v for k, v in score(lambda src: {**x, **{k: x[k][src] for k in seq_keys}}).items()}})
 
     def mutate_arm(_src):
         return {**x, "variant": x["variant"][rng.permutation(len(codes))]}

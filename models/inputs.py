@@ -14,7 +14,7 @@ def _column(frame, name: str) -> np.ndarray:
         if pa.types.is_fixed_size_list(col.type) or pa.types.is_list(col.type):
             return np.asarray(col.combine_chunks().flatten().to_numpy(zero_copy_only=False))
         return col.to_numpy(zero_copy_only=False)
-    if name == "seq_tokens":
+    if name.startswith("seq_"):  # per-step list columns
         return np.concatenate([np.asarray(v) for v in frame[name].to_numpy()]) if len(frame) else np.zeros(0)
     return frame[name].to_numpy()
 
@@ -23,11 +23,24 @@ def variant_dim(meta: dict) -> int:
     return 1 + len(meta["campaign_types"]) + 1 + len(meta["channels"]) + 1 + 2
 
 
+def seq_channel_sizes(meta: dict) -> dict[str, int]:
+    """Extra per-step sequence channels the features step wrote (name -> vocabulary size incl. 0 = pad)."""
+    return {name: int(spec["size"]) for name, spec in sorted(meta.get("seq_channels", {}).items())}
+
+
+def select_inputs(model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The subset of `inputs` a Keras model declares (older models take fewer channels)."""
+    return {t.name: inputs[t.name] for t in model.inputs}
+
+
 def encode(frame: pa.Table | pd.DataFrame, meta: dict) -> dict[str, np.ndarray]:
-    """Return {"seq", "profile", "variant"} arrays for a frame of user × arm rows."""
+    """Return {"seq", "seq_pos", <seq channels>, "profile", "variant"} arrays for a frame of
+    user × arm rows. seq_pos is the slot index 1..K of real steps (K = the most recent), 0 on padding."""
     n = frame.num_rows if isinstance(frame, pa.Table) else len(frame)
     seq_len = meta["seq_len"]
     seq = _column(frame, "seq_tokens").astype(np.int32).reshape(n, seq_len)
+    seq_extra = {name: _column(frame, name).astype(np.int32).reshape(n, seq_len) for name in seq_channel_sizes(meta)}
+    seq_pos = np.where(seq > 0, np.arange(1, seq_len + 1, dtype=np.int32)[None, :], 0).astype(np.int32)
     profile = np.stack([_column(frame, c).astype(np.float32) for c in meta["profile_cols"]], axis=1) \
         if n else np.zeros((0, len(meta["profile_cols"])), np.float32)
 
@@ -39,7 +52,7 @@ def encode(frame: pa.Table | pd.DataFrame, meta: dict) -> dict[str, np.ndarray]:
     parts.append(_column(frame, "cost_per_send").astype(np.float32)[:, None])
     parts += list(target_affinity(seq, np.asarray(_column(frame, "target_category"), dtype=object), meta).T[:, :, None])
     variant = np.concatenate(parts, axis=1) if n else np.zeros((0, variant_dim(meta)), np.float32)
-    return {"seq": seq, "profile": profile, "variant": variant}
+    return {"seq": seq, "seq_pos": seq_pos, **seq_extra, "profile": profile, "variant": variant}
 
 
 def target_affinity(seq: np.ndarray, target_category: np.ndarray, meta: dict) -> np.ndarray:

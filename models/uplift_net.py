@@ -3,8 +3,12 @@
 Inputs {"seq", "profile", "variant"} (models/inputs.encode), outputs "response" (probability)
 and "revenue" (expected revenue / revenue_scale). Architecture (sizes in params.yaml `train:`):
 
-- a shared GRU encoder over the behaviour-token sequence (left-padded, masked); its last
-  state summarises the user, optionally refined by one block of masked self-attention;
+- a shared encoder over the behaviour sequence (left-padded, masked). Each step is the sum of
+  embeddings of its token (event type × category), its time-gap bucket and price bucket
+  (the features step's seq channels) and its position. `encoder: gru` runs a GRU (its last
+  state summarises the user); `encoder: attention` uses no recurrence (masked mean of the
+  steps summarises the user) and is several times faster on CPU; either may be refined by one
+  block of masked self-attention;
 - target attention: the candidate arm (its encoded attributes, incl. target-category
   affinity) is the query over the per-step sequence embeddings, so what the user did that
   matters for *this* arm (e.g. recent interest in the bundle's category) is pooled per arm;
@@ -27,6 +31,7 @@ DEFAULTS = {
     "dropout": 0.1,
     "learning_rate": 0.002,
     "attention_heads": 2,
+    "encoder": "gru",
     "self_attention": False,
     "uplift_head": True,
     "revenue_loss_weight": 0.01,
@@ -41,9 +46,14 @@ def build_model(meta: dict, params: dict, n_profile: int, n_variant: int, sequen
     import keras
     from keras import layers
 
+    from campaignops.models.inputs import seq_channel_sizes
+
     units = list(_p(params, "dense_units"))
     dropout = float(_p(params, "dropout"))
-    seq_in = keras.Input((meta["seq_len"],), dtype="int32", name="seq")
+    seq_len = int(meta["seq_len"])
+    seq_in = keras.Input((seq_len,), dtype="int32", name="seq")
+    pos_in = keras.Input((seq_len,), dtype="int32", name="seq_pos")
+    channel_in = {name: keras.Input((seq_len,), dtype="int32", name=name) for name in seq_channel_sizes(meta)}
     profile_in = keras.Input((n_profile,), name="profile")
     variant_in = keras.Input((n_variant,), name="variant")
 
@@ -54,14 +64,25 @@ def build_model(meta: dict, params: dict, n_profile: int, n_variant: int, sequen
     if sequence:
         n_cat = len(meta["vocab"]["categories"]) + 1
         vocab_size = 1 + len(meta["vocab"]["event_types"]) * n_cat
+        d = int(_p(params, "embed_dim"))
         g = int(_p(params, "gru_units"))
-        emb = layers.Embedding(vocab_size, int(_p(params, "embed_dim")), mask_zero=True,
-                               name="token_embedding")(seq_in)
-        steps, last = layers.GRU(g, return_sequences=True, return_state=True, name="sequence_encoder")(emb)
+        # The token embedding carries the padding mask; the other channels are added to it.
+        steps = layers.Embedding(vocab_size, d, mask_zero=True, name="token_embedding")(seq_in)
+        extra = [layers.Embedding(seq_len + 1, d, name="position_embedding")(pos_in)]
+        extra += [layers.Embedding(size, d, name=f"{name}_embedding")(channel_in[name])
+                  for name, size in seq_channel_sizes(meta).items()]
+        steps = layers.Add(name="step_embedding")([steps, *extra])
         heads = int(_p(params, "attention_heads"))
+        if _p(params, "encoder") == "gru":
+            steps, last = layers.GRU(g, return_sequences=True, return_state=True, name="sequence_encoder")(steps)
+        else:
+            steps = layers.Dense(g, activation="relu", name="sequence_encoder")(steps)
+            last = None
         if _p(params, "self_attention"):
             att = layers.MultiHeadAttention(heads, key_dim=max(g // heads, 4), name="self_attention")(steps, steps)
             steps = layers.LayerNormalization(name="self_attention_norm")(layers.Add()([steps, att]))
+        if last is None:
+            last = layers.GlobalAveragePooling1D(name="sequence_summary")(steps)
         # Target attention: the arm is the query over the sequence (padding masked out).
         query = layers.Reshape((1, g))(layers.Dense(g, name="arm_query")(variant_in))
         ctx = layers.MultiHeadAttention(heads, key_dim=max(g // heads, 4), name="target_attention")(query, steps)
@@ -95,7 +116,8 @@ def build_model(meta: dict, params: dict, n_profile: int, n_variant: int, sequen
         response = layers.Dense(1, activation="sigmoid", name="response")(x)
     basket = layers.Dense(1, activation="softplus", name="basket")(layers.Concatenate()([user, arm_ctx]))
     revenue = layers.Multiply(name="revenue")([response, basket])
-    model = keras.Model([seq_in, profile_in, variant_in], [response, revenue],
+    inputs = [seq_in, pos_in, *channel_in.values(), profile_in, variant_in] if sequence else [profile_in, variant_in]
+    model = keras.Model(inputs, [response, revenue],
                         name="campaign_response" if sequence else "campaign_response_noseq")
     model.compile(
         optimizer=keras.optimizers.Adam(float(_p(params, "learning_rate"))),
@@ -112,6 +134,9 @@ def fit_network(model, params: dict, x_train, y_train, rev_train, x_valid, y_val
     import keras
     import numpy as np
 
+    from campaignops.models.inputs import select_inputs
+
+    x_train, x_valid = select_inputs(model, x_train), select_inputs(model, x_valid)
     monitor = params.get("early_stopping_monitor", "val_response_auc")
     f32 = lambda a: np.asarray(a, dtype=np.float32)  # noqa: E731
     return model.fit(

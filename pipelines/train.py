@@ -35,7 +35,7 @@ def seed_everything(seed: int) -> None:
 
 
 def run(settings: Settings) -> dict:
-    from campaignops.models.inputs import encode
+    from campaignops.models.inputs import encode, select_inputs
     from campaignops.models.metrics import auc, log_loss
     from campaignops.models.pyfunc import CampaignResponseModel
     from campaignops.models.baselines import save_all, train_baselines
@@ -63,7 +63,7 @@ def run(settings: Settings) -> dict:
     history = fit_network(model, {**params, "verbose": 2}, x_train, y_train, rev_train / revenue_scale,
                           x_valid, y_valid, rev_valid / revenue_scale)
     train_seconds = time.perf_counter() - t0
-    p_valid = model.predict(x_valid, batch_size=4096, verbose=0)[0][:, 0]
+    p_valid = model.predict(select_inputs(model, x_valid), batch_size=4096, verbose=0)[0][:, 0]
     metrics = {
         "valid_auc": auc(y_valid, p_valid),
         "valid_logloss": log_loss(y_valid, p_valid),
@@ -99,10 +99,11 @@ def run(settings: Settings) -> dict:
                                                         history.history["val_response_auc"])):
                 mlflow.log_metrics({"epoch_loss": loss, "epoch_val_auc": val_auc}, step=epoch)
             mlflow.log_metrics(metrics)
-            example = valid.slice(0, 5).select(["seq_tokens", *meta["profile_cols"], "is_control", "type",
+            example = valid.slice(0, 5).select(["seq_tokens", *meta.get("seq_channels", {}), *meta["profile_cols"], "is_control", "type",
                                                 "discount_rate", "channel", "target_category",
                                                 "cost_per_send"]).to_pandas()
-            example["seq_tokens"] = example["seq_tokens"].map(lambda v: np.asarray(v, dtype=np.int32))
+            for col in ["seq_tokens", *meta.get("seq_channels", {})]:
+                example[col] = example[col].map(lambda v: np.asarray(v, dtype=np.int32))
             from mlflow.models import infer_signature
 
             signature = infer_signature(example, model_output_frame(model, encode(valid.slice(0, 5), meta), meta))
@@ -123,6 +124,8 @@ def run(settings: Settings) -> dict:
 def model_output_frame(model, inputs, meta):
     import pandas as pd
 
-    response, revenue = model.predict(inputs, verbose=0)
+    from campaignops.models.inputs import select_inputs
+
+    response, revenue = model.predict(select_inputs(model, inputs), verbose=0)
     return pd.DataFrame({"p_response": response[:, 0].astype(np.float64),
                          "expected_revenue": revenue[:, 0].astype(np.float64) * meta["revenue_scale"]})

@@ -10,10 +10,11 @@ keras = pytest.importorskip("keras")
 
 from campaignops.models.uplift_net import build_model, fit_network  # noqa: E402
 
-META = {"seq_len": 12, "vocab": {"categories": ["c0", "c1", "c2"], "event_types": ["browse", "buy"]}}
+META = {"seq_len": 12, "vocab": {"categories": ["c0", "c1", "c2"], "event_types": ["browse", "buy"]},
+        "seq_channels": {"seq_gap": {"size": 4}}}
 N_PROFILE, N_VARIANT = 3, 5   # variant: [is_control, targets c0, targets c1, targets c2, discount]
 PARAMS = {"embed_dim": 8, "gru_units": 8, "dense_units": [16, 8], "dropout": 0.0, "learning_rate": 0.01,
-          "attention_heads": 2, "epochs": 12, "batch_size": 128, "patience": 12}
+          "attention_heads": 2, "epochs": 25, "batch_size": 128, "patience": 25}
 
 
 def world(n=3000, seed=0):
@@ -33,7 +34,9 @@ def world(n=3000, seed=0):
     profile = rng.normal(size=(n, N_PROFILE)).astype(np.float32)
     p = np.where(arm == 3, 0.1, np.where(arm == interest, 0.6, 0.08))
     y = (rng.random(n) < p).astype(np.float32)
-    return {"seq": seq, "profile": profile, "variant": variant}, y, interest
+    pos = np.where(seq > 0, np.arange(1, META["seq_len"] + 1)[None, :], 0).astype(np.int32)
+    gap = np.where(seq > 0, 2, 0).astype(np.int32)   # an uninformative extra channel
+    return {"seq": seq, "seq_pos": pos, "seq_gap": gap, "profile": profile, "variant": variant}, y, interest
 
 
 def _control_rows(x):
@@ -43,12 +46,13 @@ def _control_rows(x):
     return {**x, "variant": v}
 
 
-def test_outputs_save_load_and_control_ignores_arm_attributes(tmp_path):
+@pytest.mark.parametrize("encoder", ["gru", "attention"])
+def test_outputs_save_load_and_control_ignores_arm_attributes(tmp_path, encoder):
     x, y, _ = world(200)
     keras.utils.set_random_seed(0)
-    model = build_model(META, PARAMS, N_PROFILE, N_VARIANT)
+    model = build_model(META, {**PARAMS, "encoder": encoder}, N_PROFILE, N_VARIANT)
     model.get_layer("profile_norm").adapt(x["profile"])
-    assert {t.name.split(":")[0] for t in model.inputs} >= {"seq", "profile", "variant"}
+    assert {t.name.split(":")[0] for t in model.inputs} == {"seq", "seq_pos", "seq_gap", "profile", "variant"}
     assert model.get_layer("target_attention") is not None
     p, rev = model.predict(x, verbose=0)
     assert p.shape == (200, 1) and rev.shape == (200, 1) and ((p > 0) & (p < 1)).all() and (rev >= 0).all()
@@ -68,11 +72,12 @@ def test_without_sequence_encoder_has_no_sequence_layers():
     assert "delta_logit" in names
 
 
-def test_learns_arm_by_sequence_uplift_and_picks_the_matching_arm():
+@pytest.mark.parametrize("encoder", ["gru", "attention"])
+def test_learns_arm_by_sequence_uplift_and_picks_the_matching_arm(encoder):
     x, y, _ = world(4000, seed=1)
     xv, yv, _ = world(1000, seed=2)
     keras.utils.set_random_seed(0)
-    model = build_model(META, PARAMS, N_PROFILE, N_VARIANT)
+    model = build_model(META, {**PARAMS, "encoder": encoder}, N_PROFILE, N_VARIANT)
     model.get_layer("profile_norm").adapt(x["profile"])
     fit_network(model, PARAMS, x, y, y * 0, xv, yv, yv * 0)
     xt, _, interest = world(600, seed=3)
