@@ -7,7 +7,9 @@ fit time (`profile_fit.fit_as_of`, the earliest exposure) and stored in meta.jso
 - a numeric attribute (no string value before the fit time) → `attr_<name>` (the value, 0 when
   unknown) plus `attr_<name>__missing` if some user had no value at the fit time;
 - a categorical one → `attr_<name>__<value>` one-hots over its `max_categories` most frequent
-  values (ties by value; rarer values: all zeros) plus `attr_<name>__missing` as above.
+  values held by at least `min_users` users (ties by value; other values: all zeros) plus
+  `attr_<name>__missing` as above. Values become column names in meta.json: the floor keeps
+  rare, possibly identifying values out of them.
 Columns are ordered by attribute name, so the output does not depend on row order. Attribute
 rows are keyed by the user pseudonym (`ids.ukey`, pipelines/privacy.py) before anything leaves
 DuckDB; raw ids are never written.
@@ -24,6 +26,7 @@ import pyarrow as pa
 TABLE = "user_attributes"
 PREFIX = "attr_"
 MAX_CATEGORIES = 20  # default of params features.attribute_max_categories
+MIN_USERS = 20       # a categorical value gets a column only if this many users hold it
 
 
 def _slug(value: str) -> str:
@@ -35,7 +38,8 @@ def _lit(s: str) -> str:
     return "'" + str(s).replace("'", "''") + "'"
 
 
-def prepare(con: duckdb.DuckDBPyConnection, validated_dir: Path, fit_as_of: str, max_categories: int = MAX_CATEGORIES) -> list[dict]:
+def prepare(con: duckdb.DuckDBPyConnection, validated_dir: Path, fit_as_of: str, max_categories: int = MAX_CATEGORIES,
+            min_users: int = MIN_USERS) -> list[dict]:
     """TEMP TABLE _attr (ukey, name, as_of, value_num, value_str) from the validated attributes,
     re-keyed by the `ids` pseudonyms; returns the fitted column spec ([] without attributes)."""
     path = Path(validated_dir) / f"{TABLE}.parquet"
@@ -52,9 +56,10 @@ def prepare(con: duckdb.DuckDBPyConnection, validated_dir: Path, fit_as_of: str,
     for name, n_str, users in kinds:
         item = {"name": name, "kind": "categorical" if n_str else "numeric", "missing": users < n_users}
         if n_str:
-            rows = con.execute(f"""SELECT value_str, count(*) AS n FROM _attr
+            rows = con.execute(f"""SELECT value_str, count(DISTINCT ukey) AS n FROM _attr
                                    WHERE as_of < {cut} AND name = ? AND value_str IS NOT NULL
-                                   GROUP BY 1 ORDER BY n DESC, value_str LIMIT ?""", [name, int(max_categories)]).fetchall()
+                                   GROUP BY 1 HAVING n >= ? ORDER BY n DESC, value_str LIMIT ?""",
+                               [name, int(min_users), int(max_categories)]).fetchall()
             item["values"] = sorted(v for v, _ in rows)
         spec.append(item)
     return spec

@@ -32,17 +32,19 @@ def _con(tmp_path, rows):
 
 
 def test_spec_is_fitted_before_the_cutoff(tmp_path):
-    spec = attributes.prepare(_con(tmp_path, ROWS), tmp_path, "2026-01-15 00:00:00", max_categories=5)
+    spec = attributes.prepare(_con(tmp_path, ROWS), tmp_path, "2026-01-15 00:00:00", max_categories=5, min_users=1)
     assert spec == [{"name": "score", "kind": "numeric", "missing": True},  # u3 has no score
                     {"name": "tier", "kind": "categorical", "missing": False, "values": ["gold", "silver"]}]
     assert attributes.columns(spec) == ["attr_score", "attr_score__missing", "attr_tier__gold", "attr_tier__silver"]
-    capped = attributes.prepare(_con(tmp_path, ROWS), tmp_path, "2026-01-15 00:00:00", max_categories=1)
+    capped = attributes.prepare(_con(tmp_path, ROWS), tmp_path, "2026-01-15 00:00:00", max_categories=1, min_users=1)
     assert capped[1]["values"] == ["gold"]  # the most frequent
+    floor = attributes.prepare(_con(tmp_path, ROWS), tmp_path, "2026-01-15 00:00:00", min_users=2)
+    assert floor[1]["values"] == ["gold"]  # silver is held by one user only: no column
 
 
 def test_pivot_is_point_in_time(tmp_path):
     con = _con(tmp_path, ROWS)
-    spec = attributes.prepare(con, tmp_path, "2026-01-15 00:00:00")
+    spec = attributes.prepare(con, tmp_path, "2026-01-15 00:00:00", min_users=1)
     keys = pa.array(["k1", "k1", "k1", "k3", "k2"])
     ts = pa.array([T0, datetime(2026, 1, 20), datetime(2026, 2, 2), datetime(2026, 2, 2), T0], pa.timestamp("ms"))
     out = attributes.pivot(con, keys, ts, spec).to_pydict()
@@ -60,7 +62,7 @@ def test_pivot_is_deterministic_whatever_the_row_order(tmp_path):
     for seed in range(3):
         rows = [ROWS[i] for i in np.random.default_rng(seed).permutation(len(ROWS))]
         con = _con(tmp_path, rows)
-        spec = attributes.prepare(con, tmp_path, "2026-01-15 00:00:00")
+        spec = attributes.prepare(con, tmp_path, "2026-01-15 00:00:00", min_users=1)
         outs.append((spec, attributes.pivot(con, keys, ts, spec)))
     assert all(s == outs[0][0] and t.equals(outs[0][1]) for s, t in outs)
 
