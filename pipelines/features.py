@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import math
+import queue
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import duckdb
@@ -106,8 +108,9 @@ def _bucket_case(expr: str, edges: list[float], first: int) -> str:
 
 def prepare_events(con: duckdb.DuckDBPyConnection, source: str, vocab: dict, fit: dict) -> None:
     """TEMP TABLE _ev from the `source` events relation: per event its packed token
-    ((type × category token) << 8 | gap bucket << 4 | price bucket), its rank per user and the
-    decayed-affinity weight. Gap = time since the user's previous event (bucket 1: none)."""
+    ((type × category token) << 8 | gap bucket << 4 | price bucket), its rank k per user, its
+    type index, fixed-point price and affinity weight. Gap = time since the user's previous event
+    (bucket 1: none)."""
     n_cat = len(vocab["categories"]) + 1
     con.execute("CREATE OR REPLACE TEMP TABLE _cats AS SELECT unnest($1::VARCHAR[]) AS category, "
                 "generate_subscripts($1::VARCHAR[], 1) - 1 AS cat_idx", [vocab["categories"]])
@@ -124,18 +127,34 @@ def prepare_events(con: duckdb.DuckDBPyConnection, source: str, vocab: dict, fit
         FROM {source} s JOIN _types t USING (event_type) LEFT JOIN _cats c USING (category)
         WINDOW w AS (PARTITION BY s.user_id ORDER BY s.ts, s.event_id)
       )
-      SELECT user_id, ts, price, event_type, cat_idx, aff_w, k,
+      SELECT user_id, ts, price, round(price * 1e4)::BIGINT AS pc, type_idx, cat_idx, aff_w, k,
              ((1 + type_idx * {n_cat} + cat_idx) * 256
               + (CASE WHEN prev_ts IS NULL THEN 1 ELSE {gap} END) * 16 + {price})::INTEGER AS packed
       FROM e""")
 
 
+def exposure_history(source: str) -> str:
+    """Exposures of the `source` relation with their campaign's end and the arm's type/channel:
+    the campaign history a point may see (campaigns that ended before it)."""
+    return f"""SELECT x.user_id, x.exposure_ts, x.responded, c.end_ts, v.type, v.channel
+      FROM {source} x JOIN (SELECT campaign_id, max(end_ts) AS end_ts FROM campaigns GROUP BY 1) c
+        ON c.campaign_id = x.campaign_id
+      LEFT JOIN campaigns v ON v.campaign_id = x.campaign_id AND v.variant_id = x.variant_id"""
+
+
 def point_features(con: duckdb.DuckDBPyConnection, points: str, vocab: dict, seq_len: int,
                    window_days: int, recent_days: list[int], fit: dict, keep_point_id: bool = True,
-                   order_by: str = "p.point_id", derive: bool = True) -> pa.Table:
+                   order_by: str = "p.point_id", derive: bool = True, sequences: bool = True,
+                   as_of: str | None = None, history: str | None = None) -> pa.Table:
     """Features for each row of the `points` relation (point_id, user_id, ts, [carried columns])
-    from the prepared `_ev` table, using only data strictly before each point's ts."""
+    from the prepared `_ev` table, using only data strictly before each point's ts. Without
+    `sequences` the seq_* columns are left out (profile snapshots do not persist them). `as_of`
+    declares a snapshot: one point per user (point_id = user_id), all at that time, and `_ev`
+    holds no other users; its events are then aggregated without a join. `history`: a table of
+    exposure_history() rows covering the points' users (default: computed from `exposures`)."""
     n_cat = len(vocab["categories"]) + 1
+    t_browse, t_cart, t_purchase, t_review = (vocab["event_types"].index(t) if t in vocab["event_types"] else -1
+                                              for t in ("browse", "cart", "purchase", "review"))
     w = int(window_days)
     tau = float(fit["interest_half_life_days"]) / math.log(2) * 86400.0
     recent_sql = "".join(f",\n        ln(1 + count(*) FILTER (WHERE ts >= pts - INTERVAL {int(d)} DAY)) AS n_events_{int(d)}d"
@@ -145,52 +164,54 @@ def point_features(con: duckdb.DuckDBPyConnection, points: str, vocab: dict, seq
     aff_out = "".join(f", coalesce(a.aff_{i} / nullif(a.aff_total, 0), 0) AS affinity_{i:02d}" for i in range(n_cat - 1))
     a0, b0 = RATE_PRIOR
     disc = ", ".join(f"'{t}'" for t in DISCOUNT_TYPES)
-    chan_sql = "".join(f", count(*) FILTER (WHERE v.channel = '{c}') AS e_{c}, "
-                       f"coalesce(sum(x.responded) FILTER (WHERE v.channel = '{c}'), 0) AS r_{c}" for c in CHANNELS)
+    chan_sql = "".join(f", count(*) FILTER (WHERE x.channel = '{c}') AS e_{c}, "
+                       f"coalesce(sum(x.responded) FILTER (WHERE x.channel = '{c}'), 0) AS r_{c}" for c in CHANNELS)
     chan_out = "".join(f", (coalesce(h.r_{c}, 0) + {a0}) / (coalesce(h.e_{c}, 0) + {a0 + b0}) AS resp_rate_{c}"
                        for c in CHANNELS)
+    if as_of is None:
+        point_id, pts, source = "p.point_id", "p.ts", f"{points} p JOIN _ev e ON e.user_id = p.user_id"
+    else:
+        point_id, pts, source = "e.user_id AS point_id", f"TIMESTAMP '{as_of}'", "_ev e WHERE true"
     sql = f"""
     WITH j AS (
-      SELECT p.point_id, e.event_type, e.price, e.ts, p.ts AS pts, e.cat_idx, e.k, e.packed,
-             round(1e9 * e.aff_w * exp(-date_diff('second', e.ts, p.ts) / {tau}))::BIGINT AS dw, round(e.price * 1e4)::BIGINT AS pc
-      FROM {points} p
-      JOIN _ev e ON e.user_id = p.user_id AND e.ts < p.ts AND e.ts >= p.ts - INTERVAL {w} DAY
+      SELECT {point_id}, e.type_idx, e.price, e.ts, {pts} AS pts, e.cat_idx, e.k, e.pc,
+             round(1e9 * e.aff_w * exp(-date_diff('second', e.ts, {pts}) / {tau}))::BIGINT AS dw
+      FROM {source} AND e.ts < {pts} AND e.ts >= {pts} - INTERVAL {w} DAY
     ),
     agg AS (
       SELECT point_id,  -- sums of fixed-point integers: exact, so independent of thread scheduling
-        list_reverse(max_by(packed, k, {int(seq_len)})) AS seq_packed,
+        max(k) AS k_last, min(k) AS k_first,
         count(*) AS n_all,
-        count(*) FILTER (WHERE event_type = 'browse') AS c_browse,
-        count(*) FILTER (WHERE event_type = 'cart') AS c_cart,
-        count(*) FILTER (WHERE event_type = 'purchase') AS c_purchase,
-        count(*) FILTER (WHERE event_type = 'review') AS c_review,
+        count(*) FILTER (WHERE type_idx = {t_browse}) AS c_browse,
+        count(*) FILTER (WHERE type_idx = {t_cart}) AS c_cart,
+        count(*) FILTER (WHERE type_idx = {t_purchase}) AS c_purchase,
+        count(*) FILTER (WHERE type_idx = {t_review}) AS c_review,
         sum(pc) / count(*) / 1e4 AS avg_price, min(price) AS min_price,
-        sum(pc) FILTER (WHERE event_type = 'purchase') / nullif(count(*) FILTER (WHERE event_type = 'purchase'), 0) / 1e4 AS avg_pprice,
-        sum(pc) FILTER (WHERE event_type = 'browse') / nullif(count(*) FILTER (WHERE event_type = 'browse'), 0) / 1e4 AS avg_bprice,
-        sum(pc) FILTER (WHERE event_type = 'purchase') / 1e4 AS monetary,
+        sum(pc) FILTER (WHERE type_idx = {t_purchase}) / nullif(count(*) FILTER (WHERE type_idx = {t_purchase}), 0) / 1e4 AS avg_pprice,
+        sum(pc) FILTER (WHERE type_idx = {t_browse}) / nullif(count(*) FILTER (WHERE type_idx = {t_browse}), 0) / 1e4 AS avg_bprice,
+        sum(pc) FILTER (WHERE type_idx = {t_purchase}) / 1e4 AS monetary,
         date_diff('second', max(ts), any_value(pts)) / 86400.0 AS days_last,
-        date_diff('second', max(ts) FILTER (WHERE event_type = 'purchase'), any_value(pts)) / 86400.0 AS days_last_p,
+        date_diff('second', max(ts) FILTER (WHERE type_idx = {t_purchase}), any_value(pts)) / 86400.0 AS days_last_p,
         date_diff('second', min(ts), any_value(pts)) / 86400.0 AS days_first,
         sum(dw) AS aff_total{aff_sql}{recent_sql}
       FROM j GROUP BY point_id
     ),
-    cend AS (SELECT campaign_id, max(end_ts) AS end_ts FROM campaigns GROUP BY 1),
     hist AS (  -- past campaigns whose outcome was known before the point (campaign ended)
       SELECT p.point_id, count(*) AS n_exp, sum(x.responded) AS n_resp,
              date_diff('second', max(x.exposure_ts), any_value(p.ts)) / 86400.0 AS days_last_x,
-             count(*) FILTER (WHERE v.type IN ({disc})) AS e_disc,
-             coalesce(sum(x.responded) FILTER (WHERE v.type IN ({disc})), 0) AS r_disc,
-             count(*) FILTER (WHERE v.type IS NOT NULL AND v.type NOT IN ({disc})) AS e_other,
-             coalesce(sum(x.responded) FILTER (WHERE v.type IS NOT NULL AND v.type NOT IN ({disc})), 0) AS r_other
+             count(*) FILTER (WHERE x.type IN ({disc})) AS e_disc,
+             coalesce(sum(x.responded) FILTER (WHERE x.type IN ({disc})), 0) AS r_disc,
+             count(*) FILTER (WHERE x.type IS NOT NULL AND x.type NOT IN ({disc})) AS e_other,
+             coalesce(sum(x.responded) FILTER (WHERE x.type IS NOT NULL AND x.type NOT IN ({disc})), 0) AS r_other
              {chan_sql}
       FROM {points} p
-      JOIN exposures x ON x.user_id = p.user_id AND x.exposure_ts < p.ts
-      JOIN cend c ON c.campaign_id = x.campaign_id AND c.end_ts < p.ts
-      LEFT JOIN campaigns v ON v.campaign_id = x.campaign_id AND v.variant_id = x.variant_id
+      JOIN {history or f"({exposure_history('exposures')})"} x
+        ON x.user_id = p.user_id AND x.exposure_ts < p.ts AND x.end_ts < p.ts
       GROUP BY p.point_id
     )
     SELECT {"p.point_id, " if keep_point_id else ""}p.* EXCLUDE (point_id, user_id, ts),
-      coalesce(a.seq_packed, []::INTEGER[]) AS seq_packed,
+      {f"coalesce(o.off + a.k_last, 0) AS _seq_end, least(coalesce(a.k_last - a.k_first + 1, 0), {int(seq_len)}) AS _seq_len,"
+       if sequences else ""}
       ln(1 + coalesce(a.c_browse, 0)) AS n_browse, ln(1 + coalesce(a.c_cart, 0)) AS n_cart,
       ln(1 + coalesce(a.c_purchase, 0)) AS n_purchase, ln(1 + coalesce(a.c_review, 0)) AS n_review,
       coalesce(ln(1 + a.avg_price), 0) AS log_avg_price, coalesce(ln(1 + a.min_price), 0) AS log_min_price,
@@ -212,16 +233,24 @@ def point_features(con: duckdb.DuckDBPyConnection, points: str, vocab: dict, seq
     FROM {points} p
     LEFT JOIN agg a USING (point_id)
     LEFT JOIN hist h USING (point_id)
-    LEFT JOIN users u ON u.user_id = p.user_id
+    LEFT JOIN users u ON u.user_id = p.user_id{" LEFT JOIN _uoff o ON o.user_id = p.user_id" if sequences else ""}
     ORDER BY {order_by}
     """
+    if sequences:  # every packed event in (user, k) order; a point's sequence is a contiguous slice of it
+        con.execute("CREATE OR REPLACE TEMP TABLE _uoff AS SELECT user_id, (sum(n) OVER (ORDER BY user_id) - n)::BIGINT AS off "
+                    "FROM (SELECT user_id, count(*) AS n FROM _ev GROUP BY user_id)")
+        pos = con.sql("SELECT o.off + e.k - 1 AS pos, e.packed FROM _ev e JOIN _uoff o USING (user_id)").fetchnumpy()
+        events = np.zeros(len(pos["pos"]), np.int32)
+        events[pos["pos"]] = pos["packed"]
+        del pos
     table = con.sql(sql).to_arrow_table()
-    packed = pad_sequences(table.column("seq_packed"), seq_len)
-    idx = table.schema.get_field_index("seq_packed")
-    table = table.remove_column(idx)
-    for name, values in (("seq_price", packed & 15), ("seq_gap", (packed >> 4) & 15), ("seq_tokens", packed >> 8)):
-        col = pa.FixedSizeListArray.from_arrays(pa.array(values.ravel(), pa.int32()), seq_len)
-        table = table.add_column(idx, name, col)
+    if sequences:
+        idx = table.schema.get_field_index("_seq_end")
+        packed = gather_sequences(events, table.column("_seq_end").to_numpy(), table.column("_seq_len").to_numpy(),
+                                  seq_len).ravel()
+        table = table.remove_column(idx + 1).remove_column(idx)
+        for name, values in (("seq_price", packed & 15), ("seq_gap", (packed >> 4) & 15), ("seq_tokens", packed >> 8)):
+            table = table.add_column(idx, name, pa.FixedSizeListArray.from_arrays(pa.array(values, pa.int32()), seq_len))
     if derive:
         table = derive_profile(table, fit, window_days)
     return table
@@ -326,20 +355,31 @@ def fit_rfm(raw: np.ndarray) -> dict:
             "quantiles": list(RFM_QUANTILES)}
 
 
+def gather_sequences(events: np.ndarray, end: np.ndarray, length: np.ndarray, seq_len: int) -> np.ndarray:
+    """[n, seq_len] left-padded with 0: row r holds events[end[r] - length[r]:end[r]] (oldest→newest)."""
+    end, length = end.astype(np.int64), length.astype(np.int64)
+    n = len(end)
+    cum = np.cumsum(length)
+    i = np.arange(int(cum[-1]) if n else 0, dtype=np.int64)
+    out = np.zeros(n * seq_len, dtype=np.int32)
+    out[i + np.repeat(np.arange(1, n + 1, dtype=np.int64) * seq_len - cum, length)] = events[i + np.repeat(end - cum, length)]
+    return out.reshape(n, seq_len)
+
+
 def pad_sequences(lists: pa.ChunkedArray | pa.ListArray, seq_len: int) -> np.ndarray:
     """Left-pad variable-length token lists (oldest→newest) to [n, seq_len] with 0."""
     arr = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
     if isinstance(arr, pa.ChunkedArray):  # an empty chunked array combines to a chunked array
         arr = pa.array([], arr.type)
-    offsets = arr.offsets.to_numpy()
-    values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.int32)
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    offsets -= offsets[0]
+    values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
     n = len(arr)
-    out = np.zeros((n, seq_len), dtype=np.int32)
-    lengths = np.diff(offsets)
-    rows = np.repeat(np.arange(n), lengths)
-    cols = seq_len - lengths[rows] + (np.arange(len(values)) - offsets[:-1][rows])
-    out[rows, cols] = values
-    return out
+    out = np.zeros(n * seq_len, dtype=np.int32)
+    # value j of row r goes to r * seq_len + seq_len - len(r) + (j - offsets[r]) = j + (r + 1) * seq_len - offsets[r + 1]
+    shift = np.arange(1, n + 1, dtype=np.int64) * seq_len - offsets[1:]
+    out[np.arange(len(values), dtype=np.int64) + np.repeat(shift, np.diff(offsets))] = values
+    return out.reshape(n, seq_len)
 
 
 def campaign_arms(con: duckdb.DuckDBPyConnection) -> pa.Table:
@@ -432,7 +472,7 @@ def _build(settings, con, p, seq_len, window, recent, raw_manifest, store, work)
     con.execute(f"""CREATE TEMP TABLE xpts AS
       WITH cut AS (SELECT quantile_disc(exposure_ts, {q_train}) AS t1,
                           quantile_disc(exposure_ts, {q_valid}) AS t2 FROM exposures)
-      SELECT x.exposure_id AS point_id, x.user_id, x.exposure_ts AS ts, i.b,
+      SELECT row_number() OVER () AS point_id, x.exposure_id AS xid, x.user_id, x.exposure_ts AS ts, i.b,
              {privacy.pseudonym_sql('x.exposure_id', 'x')} AS exposure_id, i.ukey AS user_key,
              x.campaign_id, x.variant_id, x.exposure_ts, x.responded, x.revenue,
              CASE WHEN x.exposure_ts <= cut.t1 THEN 'train'
@@ -441,6 +481,9 @@ def _build(settings, con, p, seq_len, window, recent, raw_manifest, store, work)
     if n_chunks > 1:  # one pass to split events by chunk; each chunk then reads only its own part
         con.execute(f"""COPY (SELECT e.*, i.b FROM events e JOIN ids i USING (user_id))
                         TO '{work / 'events'}' (FORMAT parquet, PARTITION_BY (b))""")
+    truth_src = _stage_truth(settings, store, raw_manifest, work)
+    if truth_src and n_chunks > 1:  # truth too: re-keyed and split by chunk in one streamed pass
+        con.execute(f"COPY ({_truth_sql(truth_src)}) TO '{work / 'truth'}' (FORMAT parquet, PARTITION_BY (b))")
 
     # Population definitions (RFM edges, segments, activity tiers) are fitted strictly before
     # fit_as_of on the FIT_USERS users with the smallest pseudonyms: a uniform sample that does
@@ -448,7 +491,8 @@ def _build(settings, con, p, seq_len, window, recent, raw_manifest, store, work)
     con.execute(f"""CREATE OR REPLACE TEMP TABLE fpts AS SELECT user_id AS point_id, user_id,
                     TIMESTAMP '{fit['fit_as_of']}' AS ts, ukey FROM ids ORDER BY ukey LIMIT {FIT_USERS}""")
     prepare_events(con, "(SELECT * FROM events WHERE user_id IN (SELECT user_id FROM fpts))", vocab, fit)
-    snap = point_features(con, "fpts", vocab, seq_len, window, recent, fit, derive=False, order_by="p.ukey")
+    snap = point_features(con, "fpts", vocab, seq_len, window, recent, fit, derive=False, order_by="p.ukey",
+                          sequences=False, as_of=fit["fit_as_of"])
     raw = _raw_matrix(snap, window)
     fit["rfm_edges"] = fit_rfm(raw)
     fit["segments"] = fit_segments(raw, int(p.get("segments", 6)), int(p.get("segment_seed", 0)), window)
@@ -459,66 +503,26 @@ def _build(settings, con, p, seq_len, window, recent, raw_manifest, store, work)
                                            int(p.get("attribute_max_categories", attributes.MAX_CATEGORIES)))
     del snap, raw
 
-    writers: dict[str, pq.ParquetWriter] = {}
-    schemas: dict[str, pa.Schema] = {}
     counts = {"train": 0, "valid": 0, "holdout": 0}
     out_tmp = work / "out"
     out_tmp.mkdir()
     diff = _DiffAccumulator(vocab, window)
-
-    def write(name: str, table: pa.Table) -> None:
-        if name not in writers:
-            schemas[name] = table.schema
-            writers[name] = pq.ParquetWriter(out_tmp / f"{name}.parquet", table.schema, compression="zstd")
-        if table.num_rows:
-            writers[name].write_table(table.cast(schemas[name]))
-
-    for b in range(n_chunks):
-        src = (f"(SELECT * EXCLUDE (b) FROM read_parquet('{work / 'events' / f'b={b}' / '*.parquet'}'))"
-               if n_chunks > 1 else "events")
-        if n_chunks > 1 and not (work / "events" / f"b={b}").exists():
-            src = "(SELECT * FROM events WHERE false)"
-        prepare_events(con, src, vocab, fit)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE cpts AS SELECT * EXCLUDE (b) FROM xpts WHERE b = {b}")
-        x = point_features(con, "cpts",
-                           vocab, seq_len, window, recent, fit, keep_point_id=False,
-                           order_by="p.user_key, p.exposure_id")
-        x = x.rename_columns(["user_id" if c == "user_key" else c for c in x.column_names])
-        x = _reorder_exposure_columns(attributes.attach(con, x, fit["attributes"], ts_col="exposure_ts"))
-        for split in counts:
-            part = x.filter(pc.equal(x.column("split"), split))
-            counts[split] += part.num_rows
-            write(split, part)
-        snaps = {}
-        for name, ts in (("profile", now_ts), ("profile_prev", prev_ts)):
-            con.execute(f"""CREATE OR REPLACE TEMP TABLE spts AS SELECT user_id AS point_id, user_id,
-                            TIMESTAMP '{ts}' AS ts, ukey AS user_key FROM ids WHERE b = {b}""")
-            s = point_features(con, "spts", vocab, seq_len, window, recent, fit, keep_point_id=False,
-                               order_by="p.user_key")
-            s = attributes.attach(con, _with_tags(s, vocab, fit, ts), fit["attributes"], as_of=ts)
-            snaps[name] = s
-            write(name, s)
-        diff.add(snaps["profile"], snaps["profile_prev"], fit)
-
-    for w in writers.values():
-        w.close()
-    any_schema = schemas.get("train") or schemas.get("valid") or schemas.get("holdout")
+    with _ParquetOutputs(out_tmp) as out:
+        for b in range(n_chunks):
+            _build_chunk(con, b, n_chunks, work, vocab, fit, seq_len, window, recent, now_ts, prev_ts, truth_src,
+                         counts, diff, out.write)
+    any_schema = out.schemas.get("train") or out.schemas.get("valid") or out.schemas.get("holdout")
     for split in counts:
-        if split not in writers and any_schema is not None:
+        if split not in out.schemas and any_schema is not None:
             pq.write_table(any_schema.empty_table(), out_tmp / f"{split}.parquet")
 
     arms = campaign_arms(con)
-    truth = _load_truth(settings, store, raw_manifest)
-    if truth is not None:
-        truth = _pseudonymize_truth(con, truth)
     profile_cols = profile_columns(recent, n_cat, len(fit["segments"]["names"])) + attributes.columns(fit["attributes"])
     out_dir = ws / layout.FEATURES_DIR
     with atomic_dir(out_dir) as tmp:
         for f in out_tmp.iterdir():
             shutil.move(str(f), tmp / f.name)
         pq.write_table(arms, tmp / "arms.parquet")
-        if truth is not None:
-            pq.write_table(truth, tmp / "truth.parquet")
         segments = diff.segments_summary(fit, now_ts, prev_ts)
         (tmp / "segments.json").write_text(json.dumps(segments, indent=2, sort_keys=True) + "\n")
         meta = {
@@ -533,7 +537,7 @@ def _build(settings, con, p, seq_len, window, recent, raw_manifest, store, work)
             "batch": raw_manifest.get("batch"),
             "now": raw_manifest.get("now"),
             "upcoming_campaign_id": raw_manifest.get("upcoming_campaign_id"),
-            "has_truth": truth is not None,
+            "has_truth": bool(truth_src),
             "profile_fit": fit,
             "seq_channels": {
                 "seq_gap": {"size": len(fit["gap_edges_hours"]) + 3, "edges_hours": fit["gap_edges_hours"],
@@ -554,6 +558,39 @@ def _build(settings, con, p, seq_len, window, recent, raw_manifest, store, work)
     return meta
 
 
+def _build_chunk(con, b, n_chunks, work, vocab, fit, seq_len, window, recent, now_ts, prev_ts, truth_src,
+                 counts, diff, write) -> None:
+    """Exposure features, profile snapshots and truth of user chunk b, handed to `write`."""
+    src = (f"(SELECT * EXCLUDE (b) FROM read_parquet('{work / 'events' / f'b={b}' / '*.parquet'}'))"
+           if n_chunks > 1 else "events")
+    if n_chunks > 1 and not (work / "events" / f"b={b}").exists():
+        src = "(SELECT * FROM events WHERE false)"
+    prepare_events(con, src, vocab, fit)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE cpts AS SELECT * EXCLUDE (b, xid) FROM xpts WHERE b = {b}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _hx AS {exposure_history('cpts')}")
+    x = point_features(con, "cpts",
+                       vocab, seq_len, window, recent, fit, keep_point_id=False,
+                       order_by="p.user_key, p.exposure_id", history="_hx")
+    x = x.rename_columns(["user_id" if c == "user_key" else c for c in x.column_names])
+    x = _reorder_exposure_columns(attributes.attach(con, x, fit["attributes"], ts_col="exposure_ts"))
+    for split in counts:
+        part = x.filter(pc.equal(x.column("split"), split))
+        counts[split] += part.num_rows
+        write(split, part)
+    snaps = {}
+    for name, ts in (("profile", now_ts), ("profile_prev", prev_ts)):
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE spts AS SELECT user_id AS point_id, user_id,
+                        TIMESTAMP '{ts}' AS ts, ukey AS user_key FROM ids WHERE b = {b}""")
+        s = point_features(con, "spts", vocab, seq_len, window, recent, fit, keep_point_id=False,
+                           order_by="p.user_key", sequences=False, as_of=ts, history="_hx")
+        s = attributes.attach(con, _with_tags(s, vocab, fit, ts), fit["attributes"], as_of=ts)
+        snaps[name] = s
+        write(name, s)
+    diff.add(snaps["profile"], snaps["profile_prev"], fit)
+    if truth_src:
+        write("truth", _truth_chunk(con, truth_src, work, b, n_chunks))
+
+
 def _reorder_exposure_columns(x: pa.Table) -> pa.Table:
     head = ["exposure_id", "user_id", "campaign_id", "variant_id", "exposure_ts", "responded", "revenue", "split"]
     return x.select([*head, *(c for c in x.column_names if c not in head)])
@@ -570,19 +607,82 @@ def _with_tags(s: pa.Table, vocab: dict, fit: dict, as_of: str) -> pa.Table:
     aff = np.stack([s.column(c).to_numpy() for c in affinity_columns(len(cats))], 1) if n and cats \
         else np.zeros((n, 0))
     top = np.argsort(-aff, axis=1, kind="stable")[:, :3] if aff.shape[1] else np.zeros((n, 0), int)
-    tags = [[cats[j] for j in row if aff[i, j] > 0.1] for i, row in enumerate(top)]
+    keep = np.take_along_axis(aff, top, 1) > 0.1  # row-major: each row's tags stay in rank order
+    offsets = np.concatenate([[0], np.cumsum(keep.sum(1))]).astype(np.int32)
+    tags = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()),
+                                    pa.array(np.asarray(cats, dtype=object)[top[keep]], pa.string()))
     act = s.column("activity_rate").to_numpy()
     level = np.asarray(["low", "medium", "high"], dtype=object)[np.searchsorted(fit["activity_edges"], act, side="right")]
     rates = np.stack([s.column(f"resp_rate_{c}").to_numpy() for c in CHANNELS], 1) if n else np.zeros((0, len(CHANNELS)))
     prior = RATE_PRIOR[0] / sum(RATE_PRIOR)
     best = rates.argmax(1) if n else np.zeros(0, int)
-    pref = [CHANNELS[j] if abs(rates[i, j] - prior) > 1e-12 else None for i, j in enumerate(best)]
+    pref = np.where(np.abs(rates[np.arange(n), best] - prior) > 1e-12, np.asarray(CHANNELS, dtype=object)[best], None)
     s = s.drop_columns([c for c in ("seq_tokens", "seq_gap", "seq_price") if c in s.column_names])
     s = s.add_column(1, "as_of", pa.array([as_of] * n, pa.string()))
     s = s.append_column("segment", pa.array(names[seg] if n else [], pa.string()))
-    s = s.append_column("interest_tags", pa.array(tags, pa.list_(pa.string())))
+    s = s.append_column("interest_tags", tags)
     s = s.append_column("activity_level", pa.array(level, pa.string()))
     return s.append_column("preferred_channel", pa.array(pref, pa.string()))
+
+
+def _first_tags(snapshot: pa.Table) -> np.ndarray:
+    """Each row's first interest tag (None when it has none)."""
+    tags = snapshot.column("interest_tags").combine_chunks()
+    if isinstance(tags, pa.ChunkedArray):
+        tags = pa.array([], tags.type)
+    off = tags.offsets.to_numpy().astype(np.int64)
+    values = tags.flatten().to_numpy(zero_copy_only=False)
+    first = np.full(len(tags), None, dtype=object)
+    has = np.diff(off) > 0
+    first[has] = values[off[:-1][has] - off[0]]
+    return first
+
+
+class _ParquetOutputs:
+    """One parquet file per output name, appended to in call order by a background thread (pyarrow
+    releases the GIL), so writing chunk b overlaps computing chunk b + 1; at most a few tables wait."""
+
+    def __init__(self, out_dir: Path, depth: int = 3):
+        self.out_dir, self.schemas = out_dir, {}
+        self._writers: dict[str, pq.ParquetWriter] = {}
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="features-writer", daemon=True)
+
+    def __enter__(self) -> "_ParquetOutputs":
+        self._thread.start()
+        return self
+
+    def write(self, name: str, table: pa.Table) -> None:
+        if self._error:
+            raise self._error
+        if name not in self.schemas:
+            self.schemas[name] = table.schema
+        self._queue.put((name, table))
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._append(*item)
+                except BaseException as e:  # re-raised in the building thread
+                    self._error = e
+
+    def _append(self, name: str, table: pa.Table) -> None:
+        schema = self.schemas[name]
+        if name not in self._writers:  # dictionaries only for strings: numbers and sequences rarely repeat
+            self._writers[name] = pq.ParquetWriter(self.out_dir / f"{name}.parquet", schema, compression="zstd",
+                                                   use_dictionary=[f.name for f in schema if pa.types.is_string(f.type)])
+        if table.num_rows:
+            self._writers[name].write_table(table.cast(schema))
+
+    def __exit__(self, *exc) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        for w in self._writers.values():
+            w.close()
+        if self._error and not exc[0]:
+            raise self._error
 
 
 class _DiffAccumulator:
@@ -605,17 +705,19 @@ class _DiffAccumulator:
         for c in numeric:
             d = np.abs(now.column(c).to_numpy() - prev.column(c).to_numpy())
             self.abs_change[c] = self.abs_change.get(c, 0.0) + float(np.nansum(d))
-        a = np.asarray(now.column("segment").to_pylist(), dtype=object)
-        b = np.asarray(prev.column("segment").to_pylist(), dtype=object)
-        pairs, cnt = np.unique(np.stack([b, a], 1).astype(str), axis=0, return_counts=True)
-        for (pb, pa_), k in zip(pairs, cnt):
+        names = list(fit["segments"]["names"])
+        code = {name: i for i, name in enumerate(names)}
+        a = now.column("segment").to_numpy(zero_copy_only=False)
+        b = prev.column("segment").to_numpy(zero_copy_only=False)
+        ia, ib = (np.fromiter((code[v] for v in x), np.int64, len(x)) for x in (a, b))
+        pairs, cnt = np.unique(ib * len(names) + ia, return_counts=True)
+        for pair, k in zip(pairs, cnt):
+            pb, pa_ = names[pair // len(names)], names[pair % len(names)]
             if pb != pa_:
                 key = f"{pb} -> {pa_}"
                 self.transitions[key] = self.transitions.get(key, 0) + int(k)
-        self.seg_changed += int((a != b).sum())
-        ti_now = [t[0] if t else None for t in now.column("interest_tags").to_pylist()]
-        ti_prev = [t[0] if t else None for t in prev.column("interest_tags").to_pylist()]
-        self.interest_changed += sum(x != y for x, y in zip(ti_now, ti_prev))
+        self.seg_changed += int((ia != ib).sum())
+        self.interest_changed += int((_first_tags(now) != _first_tags(prev)).sum())
         self.n += now.num_rows
         for name in np.unique(a):
             m = a == name
@@ -650,23 +752,43 @@ class _DiffAccumulator:
                           "window, fitted on a user sample strictly before fit_as_of"}
 
 
-def _pseudonymize_truth(con: duckdb.DuckDBPyConnection, truth: pa.Table) -> pa.Table:
-    """Re-key truth with the pseudonyms already computed (a join, not a second round of hashing)."""
-    con.register("_truth", truth)
-    out = con.sql("""SELECT x.exposure_id, i.ukey AS user_id, t.* EXCLUDE (exposure_id, user_id)
-                     FROM _truth t JOIN ids i USING (user_id) LEFT JOIN xpts x ON x.point_id = t.exposure_id
-                     ORDER BY i.ukey, x.exposure_id NULLS LAST, t.campaign_id, t.variant_id""").to_arrow_table()
-    con.unregister("_truth")
-    return out
-
-
-def _load_truth(settings: Settings, store: ObjectStore | None, raw_manifest: dict) -> pa.Table | None:
-    """Ground truth exists only for synthetic batches; real data has none (evaluation then uses IPS)."""
+def _stage_truth(settings: Settings, store: ObjectStore | None, raw_manifest: dict, work: Path) -> str:
+    """Ground truth exists only for synthetic batches; real data has none (evaluation then uses
+    IPS). Copies its parts into the work dir (file by file) and returns them as a DuckDB file
+    list, or '' without truth."""
     keys = raw_manifest.get("truth", {}).get("files") or []
     if not keys:
-        return None
+        return ""
     store = store or ObjectStore(settings)
-    return pa.concat_tables([store.read_table(k) for k in keys])
+    (work / "truth_raw").mkdir()
+    paths = []
+    for i, key in enumerate(keys):
+        path = work / "truth_raw" / f"part-{i:05d}.parquet"
+        if hasattr(store, "download_file"):
+            store.download_file(key, path)
+        else:
+            path.write_bytes(store.get_bytes(key))
+        paths.append(f"'{path}'")
+    return f"[{', '.join(paths)}]"
+
+
+def _truth_sql(src: str) -> str:
+    """Truth re-keyed with the pseudonyms already computed (a join, not a second round of hashing)."""
+    return f"""SELECT x.exposure_id, i.ukey AS user_id, t.* EXCLUDE (exposure_id, user_id), i.b
+               FROM read_parquet({src}) t JOIN ids i USING (user_id) LEFT JOIN xpts x ON x.xid = t.exposure_id"""
+
+
+def _truth_chunk(con: duckdb.DuckDBPyConnection, src: str, work: Path, b: int, n_chunks: int) -> pa.Table:
+    """The truth rows of user chunk b, in (user, exposure, campaign, arm) pseudonym order."""
+    part = work / "truth" / f"b={b}"
+    if n_chunks == 1:
+        rel = f"({_truth_sql(src)})"
+    elif part.exists():
+        rel = f"read_parquet('{part / '*.parquet'}')"
+    else:
+        rel = f"({_truth_sql(src)} WHERE false)"
+    return con.sql(f"SELECT * EXCLUDE (b) FROM {rel} "
+                   f"ORDER BY user_id, exposure_id NULLS LAST, campaign_id, variant_id").to_arrow_table()
 
 
 def scoring_frame(con: duckdb.DuckDBPyConnection, as_of: str, meta: dict) -> pa.Table:
@@ -677,7 +799,7 @@ def scoring_frame(con: duckdb.DuckDBPyConnection, as_of: str, meta: dict) -> pa.
     con.execute(f"""CREATE OR REPLACE TEMP TABLE score_points AS
         SELECT user_id AS point_id, user_id, TIMESTAMP '{as_of}' AS ts FROM users""")
     feats = point_features(con, "score_points", meta["vocab"], meta["seq_len"], meta["profile_window_days"],
-                           meta["recent_days"], fit, derive="segments" in fit)
+                           meta["recent_days"], fit, derive="segments" in fit, as_of=as_of)
     if "segments" not in fit:
         feats = feats.drop_columns(list(RAW_COLS))
     feats = feats.rename_columns(["user_id", *feats.column_names[1:]])
