@@ -599,9 +599,12 @@ def read_history(store) -> dict:
     return {"tables": {}}
 
 
-def check_volume(history: dict, table: str, batch: str, rows_in: int, lo: float, hi: float) -> dict:
-    """Compare rows in with the latest *other* batch recorded for the table."""
-    previous = [h for h in history.get("tables", {}).get(table, []) if h.get("batch") != batch]
+def check_volume(history: dict, table: str, batch: str, rows_in: int, lo: float, hi: float,
+                 source: str | None = None) -> dict:
+    """Compare rows in with the latest *other* batch recorded for the table from the same source
+    (producer and mapping: an imported log is not compared with synthetic batches)."""
+    previous = [h for h in history.get("tables", {}).get(table, [])
+                if h.get("batch") != batch and h.get("source", source) == source]
     if not previous:
         return {"status": "first", "rows_in": rows_in, "note": f"no previous batch of {table} on record: "
                 "volume not checked (first batch); this batch becomes the reference"}
@@ -619,11 +622,13 @@ def check_volume(history: dict, table: str, batch: str, rows_in: int, lo: float,
     return out
 
 
-def record_history(store, history: dict, batch: str, run_id: str, tables: dict, keep: int = 20) -> None:
+def record_history(store, history: dict, batch: str, run_id: str, tables: dict, keep: int = 20,
+                   source: str | None = None) -> None:
     at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for t, info in tables.items():
         hist = [h for h in history.setdefault("tables", {}).get(t, []) if h.get("batch") != batch]
-        hist.append({"batch": batch, "run_id": run_id, "rows_in": info["rows_in"], "at": at})
+        hist.append({"batch": batch, "run_id": run_id, "rows_in": info["rows_in"], "at": at,
+                     **({"source": source} if source else {})})
         history["tables"][t] = hist[-keep:]
     store.put_json(HISTORY_KEY, history)
 
@@ -665,6 +670,8 @@ def run(settings: Settings, store: ObjectStore | None = None) -> dict:
     threshold = cfg["max_quarantine_rate"]
     run_id = new_run_id()
     order = ORDER + tuple(t for t in OPTIONAL_ORDER if t in manifest.get("tables", {}))
+    gen = manifest.get("generator") or {}
+    source = ":".join(str(x) for x in (gen.get("name"), gen.get("mapping")) if x) or None  # volume history key
     prefix = layout.validation_prefix(batch, run_id)
     result_uri, docs_uri = store.uri(prefix + "result.json"), store.uri(prefix + "docs/index.html")
     timings: dict[str, float] = {}
@@ -720,7 +727,8 @@ def run(settings: Settings, store: ObjectStore | None = None) -> dict:
                 q_key = layout.quarantine_prefix(table, batch) + f"{run_id}.parquet"
                 store.write_table(engine.quarantine(table), q_key)
             rate = s["rows_quarantined"] / s["rows_in"] if s["rows_in"] else 0.0
-            volume = check_volume(history, table, batch, s["rows_in"], cfg["volume_min_ratio"], cfg["volume_max_ratio"])
+            volume = check_volume(history, table, batch, s["rows_in"], cfg["volume_min_ratio"], cfg["volume_max_ratio"],
+                                  source)
             tables[table] = {**s, "quarantine_rate": round(rate, 6), "quarantine_uri": store.uri(q_key) if q_key else None,
                              "gx": gx_frames[table].gx, "volume": volume, "fills": {}}
             if rate > threshold:
@@ -765,7 +773,7 @@ def run(settings: Settings, store: ObjectStore | None = None) -> dict:
                                              f"({INVARIANT} broken)")
             timings["write_validated"] = time.perf_counter() - t0
             report["validated_dir"] = str(layout.VALIDATED_DIR)
-            record_history(store, history, batch, run_id, tables)
+            record_history(store, history, batch, run_id, tables, source=source)
         for t in tables.values():
             assert t["rows_in"] == t["rows_valid"] + t["rows_quarantined"] + t["rows_deduplicated"], INVARIANT
         timings["total"] = time.perf_counter() - t_start

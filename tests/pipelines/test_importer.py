@@ -193,3 +193,10 @@ def test_scoring_frame_carries_the_attribute_columns(chain):
     assert frame.num_rows == N and set(meta["profile_cols"]) <= set(frame.column_names)
     history = pd.read_csv(DATA, nrows=N)["history"].to_numpy()
     assert np.allclose(frame.column("attr_history").to_numpy(), history)  # real ids, in users order
+
+
+def test_volume_history_compares_batches_of_the_same_source_only():
+    hist = {"tables": {"users": [{"batch": "demo", "rows_in": 20000, "source": "campaignops.pipelines.synth"}]}}
+    imported = "campaignops.pipelines.importer:validation/mappings/hillstrom.yaml"
+    assert validate.check_volume(hist, "users", "hs", 64000, 0.5, 2.0, imported)["status"] == "first"
+    assert validate.check_volume(hist, "users", "demo2", 64000, 0.5, 2.0, "campaignops.pipelines.synth")["status"] == "failed"
