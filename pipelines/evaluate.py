@@ -245,14 +245,18 @@ def reference_uplift(settings: Settings, meta: dict, expanded: pa.Table, frame: 
     out = {"models": names, "estimator": kind, "k": k, "outcome": "responded", "arms": {}, "skipped": {}}
     if not names:
         return out
+    logged = (frame["arm_id"] == frame["variant_id"]).to_numpy()  # one row per exposure: its logged arm
+    hold = frame[logged].reset_index(drop=True)
+    seen = pq.read_table(settings.workspace / layout.FEATURES_DIR / "train.parquet", columns=["campaign_id"])
+    if not set(hold["campaign_id"]) & set(seen.column("campaign_id").to_pylist()):
+        out["skipped"] = {f"{c}/{v}": "campaign not in the train split (a later campaign)" for c, v in
+                          hold.loc[hold["variant_id"] != CONTROL, ["campaign_id", "variant_id"]].drop_duplicates().values}
+        return out
     train = load_split(settings, "train")
     x_train = tabular(encode(train, meta), meta)[0]
     t_camp, t_var = (np.asarray(train.column(c).to_pylist(), dtype=object) for c in ("campaign_id", "variant_id"))
     y_train = train.column("responded").to_numpy().astype(int)
-
-    logged = (frame["arm_id"] == frame["variant_id"]).to_numpy()  # one row per exposure: its logged arm
     x_hold = tabular(encode(expanded.filter(pa.array(logged)), meta), meta)[0]
-    hold = frame[logged].reset_index(drop=True)
     p = pd.DataFrame({"exposure_id": frame["exposure_id"], "arm_id": frame["arm_id"], "p": p_candidate})
     p = p.pivot(index="exposure_id", columns="arm_id", values="p")
     for (cid, variant), _ in hold[hold["variant_id"] != CONTROL].groupby(["campaign_id", "variant_id"]):

@@ -200,3 +200,17 @@ def test_volume_history_compares_batches_of_the_same_source_only():
     imported = "campaignops.pipelines.importer:validation/mappings/hillstrom.yaml"
     assert validate.check_volume(hist, "users", "hs", 64000, 0.5, 2.0, imported)["status"] == "first"
     assert validate.check_volume(hist, "users", "demo2", 64000, 0.5, 2.0, "campaignops.pipelines.synth")["status"] == "failed"
+
+
+def test_references_skip_arms_of_a_campaign_absent_from_training(workspace):
+    """Synthetic worlds hold out a later campaign: nothing to fit per arm, reported as skipped."""
+    import pyarrow as pa
+
+    fdir = workspace.workspace / layout.FEATURES_DIR
+    fdir.mkdir(parents=True)
+    pq.write_table(pa.table({"campaign_id": ["C1", "C1"]}), fdir / "train.parquet")
+    frame = pd.DataFrame({"exposure_id": ["x1", "x1", "x2", "x2"], "campaign_id": ["C2"] * 4,
+                          "variant_id": ["V1", "V1", CONTROL, CONTROL], "arm_id": ["V1", CONTROL] * 2,
+                          "responded": [1, 1, 0, 0]})
+    refs = evaluate.reference_uplift(workspace, {}, None, frame, np.zeros(4))
+    assert refs["arms"] == {} and list(refs["skipped"]) == ["C2/V1"]
