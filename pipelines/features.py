@@ -19,6 +19,7 @@ import queue
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -69,6 +70,7 @@ RAW_COLS = ("_recency_days", "_purchases", "_monetary", "_events")  # internal, 
 FIT_USERS = 50_000  # users the RFM edges / activity tiers are fitted on
 SEGMENT_FIT_ROWS = 20_000  # users the k-means is fitted on (a uniform sample: rows are in pseudonym order)
 MAX_BUCKETS = 15  # gap / price buckets are packed into 4 bits each
+SCORING_CHUNK_USERS = 200_000  # users per scoring chunk (bounds DuckDB's working set, not the output)
 
 
 def vocabulary(con: duckdb.DuckDBPyConnection) -> dict:
@@ -363,22 +365,6 @@ def gather_sequences(events: np.ndarray, end: np.ndarray, length: np.ndarray, se
     i = np.arange(int(cum[-1]) if n else 0, dtype=np.int64)
     out = np.zeros(n * seq_len, dtype=np.int32)
     out[i + np.repeat(np.arange(1, n + 1, dtype=np.int64) * seq_len - cum, length)] = events[i + np.repeat(end - cum, length)]
-    return out.reshape(n, seq_len)
-
-
-def pad_sequences(lists: pa.ChunkedArray | pa.ListArray, seq_len: int) -> np.ndarray:
-    """Left-pad variable-length token lists (oldest→newest) to [n, seq_len] with 0."""
-    arr = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
-    if isinstance(arr, pa.ChunkedArray):  # an empty chunked array combines to a chunked array
-        arr = pa.array([], arr.type)
-    offsets = arr.offsets.to_numpy().astype(np.int64)
-    offsets -= offsets[0]
-    values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
-    n = len(arr)
-    out = np.zeros(n * seq_len, dtype=np.int32)
-    # value j of row r goes to r * seq_len + seq_len - len(r) + (j - offsets[r]) = j + (r + 1) * seq_len - offsets[r + 1]
-    shift = np.arange(1, n + 1, dtype=np.int64) * seq_len - offsets[1:]
-    out[np.arange(len(values), dtype=np.int64) + np.repeat(shift, np.diff(offsets))] = values
     return out.reshape(n, seq_len)
 
 
@@ -791,19 +777,32 @@ def _truth_chunk(con: duckdb.DuckDBPyConnection, src: str, work: Path, b: int, n
                    f"ORDER BY user_id, exposure_id NULLS LAST, campaign_id, variant_id").to_arrow_table()
 
 
-def scoring_frame(con: duckdb.DuckDBPyConnection, as_of: str, meta: dict) -> pa.Table:
+def scoring_frame(con: duckdb.DuckDBPyConnection, as_of: str, meta: dict,
+                  chunk_users: int = SCORING_CHUNK_USERS) -> pa.Table:
     """Features of every user as of `as_of` (ISO time), with the model's own vocabulary and fitted
-    profile definitions. Runs inside the trusted boundary: returns real user ids (for targeting)."""
+    profile definitions, in user id order. Runs inside the trusted boundary: returns real user ids
+    (for targeting). Built by scoring_chunks, so DuckDB holds one chunk's events at a time."""
+    return pa.concat_tables(scoring_chunks(con, as_of, meta, chunk_users))
+
+
+def scoring_chunks(con: duckdb.DuckDBPyConnection, as_of: str, meta: dict,
+                   chunk_users: int = SCORING_CHUNK_USERS) -> Iterator[pa.Table]:
+    """scoring_frame's rows, chunk_users users at a time (contiguous ranges of user ids)."""
     fit = meta.get("profile_fit") or {"gap_edges_hours": [], "price_edges": [], "interest_half_life_days": 14.0}
-    prepare_events(con, "events", meta["vocab"], fit)
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE score_points AS
-        SELECT user_id AS point_id, user_id, TIMESTAMP '{as_of}' AS ts FROM users""")
-    feats = point_features(con, "score_points", meta["vocab"], meta["seq_len"], meta["profile_window_days"],
-                           meta["recent_days"], fit, derive="segments" in fit, as_of=as_of)
-    if "segments" not in fit:
-        feats = feats.drop_columns(list(RAW_COLS))
-    feats = feats.rename_columns(["user_id", *feats.column_names[1:]])
-    return attributes.attach_scoring(con, feats, fit.get("attributes"), as_of)
+    n_users = con.execute("SELECT count(*) FROM users").fetchone()[0]
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE _score_users AS
+        SELECT user_id, (row_number() OVER (ORDER BY user_id) - 1) // {int(chunk_users)} AS b FROM users""")
+    for b in range(max(1, math.ceil(n_users / int(chunk_users)))):
+        prepare_events(con, f"(SELECT * FROM events WHERE user_id IN (SELECT user_id FROM _score_users WHERE b = {b}))",
+                       meta["vocab"], fit)
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE score_points AS
+            SELECT user_id AS point_id, user_id, TIMESTAMP '{as_of}' AS ts FROM _score_users WHERE b = {b}""")
+        feats = point_features(con, "score_points", meta["vocab"], meta["seq_len"], meta["profile_window_days"],
+                               meta["recent_days"], fit, derive="segments" in fit, as_of=as_of)
+        if "segments" not in fit:
+            feats = feats.drop_columns(list(RAW_COLS))
+        feats = feats.rename_columns(["user_id", *feats.column_names[1:]])
+        yield attributes.attach_scoring(con, feats, fit.get("attributes"), as_of)
 
 
 def attach_arms(rows: pa.Table, arms: pa.Table, row_key: str, every_arm: bool) -> pa.Table:

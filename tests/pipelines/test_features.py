@@ -138,3 +138,25 @@ def test_new_profile_features_are_point_in_time(workspace):
     assert row["affinity_00"] > 0.99  # all history in c01
     assert np.asarray(row["seq_gap"])[-12:].min() >= 1 and np.asarray(row["seq_price"])[-12:].min() >= 1
     assert meta_a["profile_fit"] == meta_b["profile_fit"]  # fitted strictly before the first exposure
+
+
+def test_scoring_frame_does_not_depend_on_its_chunking(workspace):
+    """scoring_frame is built chunk_users users at a time; the rows, their order and every value
+    must be those of a single chunk, and a user's features at an exposure's time must equal the
+    exposure's own features (same definitions, same point-in-time cut)."""
+    x_ts = T0 + timedelta(days=4)
+    users = [f"u{i}" for i in range(1, 8)]
+    evs = [ev(100 * i + j, u, ("browse", "cart", "purchase")[j % 3], f"c0{1 + j % 3}",
+              x_ts - timedelta(days=j, hours=i), price=5.0 + i + j) for i, u in enumerate(users) for j in range(i * 3)]
+    xs = [exposure(1, "u5", "C1-V1", x_ts)]
+    write_world(workspace.workspace, evs, xs, users=users)
+    meta = features.build(workspace)
+    con = features.connect(workspace.workspace / layout.VALIDATED_DIR)
+    one = features.scoring_frame(con, str(x_ts), meta)
+    assert one.column("user_id").to_pylist() == sorted(users)
+    for chunk_users in (1, 3):
+        assert features.scoring_frame(con, str(x_ts), meta, chunk_users=chunk_users).equals(one), chunk_users
+    train = pq.read_table(workspace.workspace / "data/features/train.parquet")
+    row = one.slice(one.column("user_id").to_pylist().index("u5"), 1)
+    for c in ("seq_tokens", "seq_gap", "seq_price", *meta["profile_cols"]):
+        assert row.column(c).to_pylist() == train.column(c).to_pylist(), c
