@@ -20,7 +20,51 @@ def _column(frame, name: str) -> np.ndarray:
 
 
 def variant_dim(meta: dict) -> int:
-    return 1 + len(meta["campaign_types"]) + 1 + len(meta["channels"]) + 1 + 2
+    return 1 + len(meta["campaign_types"]) + 1 + len(meta["channels"]) + 1 + 2 + len(history_crosses(meta))
+
+
+DISCOUNT_TYPES = ("discount", "coupon")   # the profile's resp_rate_discount covers these; resp_rate_other the rest
+
+
+def history_crosses(meta: dict) -> list[str]:
+    """User × candidate cross features the profile allows: the user's past response rate on the
+    arm's channel and on its type family, the user's decayed interest in its target category, and
+    the arm's discount depth times the user's usual price level (a discount means more to a user
+    who shops cheap; the network can shift it: a·dr·level + b·dr = dr·(a·level + b))."""
+    cols = set(meta["profile_cols"])
+    out = []
+    if all(f"resp_rate_{c}" in cols for c in meta["channels"]):
+        out.append("resp_rate_arm_channel")
+    if {"resp_rate_discount", "resp_rate_other"} <= cols:
+        out.append("resp_rate_arm_type")
+    if all(f"affinity_{i:02d}" in cols for i in range(len(meta["vocab"]["categories"]))):
+        out.append("interest_arm_target")
+    if "log_avg_price" in cols:
+        out.append("discount_x_price_level")
+    return out
+
+
+def _history_cross_values(frame, meta: dict, types: np.ndarray, channels: np.ndarray,
+                          target_category: np.ndarray, is_control: np.ndarray) -> list[np.ndarray]:
+    n = len(types)
+    out = []
+    for name in history_crosses(meta):
+        v = np.zeros(n, np.float32)
+        if name == "resp_rate_arm_channel":
+            for c in meta["channels"]:
+                m = channels == c
+                v[m] = _column(frame, f"resp_rate_{c}")[m]
+        elif name == "resp_rate_arm_type":
+            disc = np.isin(types, DISCOUNT_TYPES)
+            v = np.where(disc, _column(frame, "resp_rate_discount"), _column(frame, "resp_rate_other")).astype(np.float32)
+        elif name == "discount_x_price_level":
+            v = (_column(frame, "discount_rate") * _column(frame, "log_avg_price")).astype(np.float32)
+        else:
+            for i, c in enumerate(meta["vocab"]["categories"]):
+                m = target_category == c
+                v[m] = _column(frame, f"affinity_{i:02d}")[m]
+        out.append(np.where(is_control > 0, 0.0, v).astype(np.float32)[:, None])
+    return out
 
 
 def seq_channel_sizes(meta: dict) -> dict[str, int]:
@@ -50,7 +94,9 @@ def encode(frame: pa.Table | pd.DataFrame, meta: dict) -> dict[str, np.ndarray]:
     parts.append(_column(frame, "discount_rate").astype(np.float32)[:, None])
     parts += [(channels == c).astype(np.float32)[:, None] for c in meta["channels"]]
     parts.append(_column(frame, "cost_per_send").astype(np.float32)[:, None])
-    parts += list(target_affinity(seq, np.asarray(_column(frame, "target_category"), dtype=object), meta).T[:, :, None])
+    targets = np.asarray(_column(frame, "target_category"), dtype=object)
+    parts += list(target_affinity(seq, targets, meta).T[:, :, None])
+    parts += _history_cross_values(frame, meta, types, channels, targets, parts[0][:, 0])
     variant = np.concatenate(parts, axis=1) if n else np.zeros((0, variant_dim(meta)), np.float32)
     return {"seq": seq, "seq_pos": seq_pos, **seq_extra, "profile": profile, "variant": variant}
 
