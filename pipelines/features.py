@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -108,25 +109,38 @@ def _bucket_case(expr: str, edges: list[float], first: int) -> str:
     return f"({first} + " + " + ".join(f"({expr} >= {float(e)!r})::INTEGER" for e in edges) + ")"
 
 
-def prepare_events(con: duckdb.DuckDBPyConnection, source: str, vocab: dict, fit: dict) -> None:
-    """TEMP TABLE _ev from the `source` events relation: per event its packed token
-    ((type × category token) << 8 | gap bucket << 4 | price bucket), its rank k per user, its
-    type index, fixed-point price and affinity weight. Gap = time since the user's previous event
-    (bucket 1: none)."""
-    n_cat = len(vocab["categories"]) + 1
+def vocabulary_tables(con: duckdb.DuckDBPyConnection, vocab: dict) -> None:
+    """TEMP TABLEs _cats (category → index) and _types (event type → index, affinity weight)."""
     con.execute("CREATE OR REPLACE TEMP TABLE _cats AS SELECT unnest($1::VARCHAR[]) AS category, "
                 "generate_subscripts($1::VARCHAR[], 1) - 1 AS cat_idx", [vocab["categories"]])
     con.execute("CREATE OR REPLACE TEMP TABLE _types AS SELECT unnest($1::VARCHAR[]) AS event_type, "
                 "generate_subscripts($1::VARCHAR[], 1) - 1 AS type_idx, unnest($2::DOUBLE[]) AS aff_w",
                 [vocab["event_types"], [AFFINITY_WEIGHTS.get(t, 1.0) for t in vocab["event_types"]]])
+
+
+def indexed_events(source: str, vocab: dict) -> str:
+    """The `source` events with type and category as indices (needs vocabulary_tables): unknown
+    event types are dropped, unknown categories take the out-of-vocabulary slot."""
+    return f"""SELECT s.user_id, s.event_id, s.ts, s.price, t.type_idx,
+               coalesce(c.cat_idx, {len(vocab["categories"])}) AS cat_idx
+      FROM {source} s JOIN _types t USING (event_type) LEFT JOIN _cats c USING (category)"""
+
+
+def prepare_events(con: duckdb.DuckDBPyConnection, source: str, vocab: dict, fit: dict, indexed: bool = False) -> None:
+    """TEMP TABLE _ev from the `source` events relation (raw, or already indexed_events()): per
+    event its packed token ((type × category token) << 8 | gap bucket << 4 | price bucket), its
+    rank k per user, its type index, fixed-point price and affinity weight. Gap = time since the
+    user's previous event (bucket 1: none)."""
+    n_cat = len(vocab["categories"]) + 1
+    vocabulary_tables(con, vocab)
+    source = source if indexed else f"({indexed_events(source, vocab)})"
     gap = _bucket_case("date_diff('second', prev_ts, ts) / 3600.0", fit["gap_edges_hours"], 2)
     price = _bucket_case("price", fit["price_edges"], 1)
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _ev AS
       WITH e AS (
-        SELECT s.user_id, s.ts, s.price, s.event_type, t.type_idx, t.aff_w,
-               coalesce(c.cat_idx, {n_cat - 1}) AS cat_idx,
+        SELECT s.user_id, s.ts, s.price, s.type_idx, t.aff_w, s.cat_idx,
                row_number() OVER w AS k, lag(s.ts) OVER w AS prev_ts
-        FROM {source} s JOIN _types t USING (event_type) LEFT JOIN _cats c USING (category)
+        FROM {source} s JOIN _types t USING (type_idx)
         WINDOW w AS (PARTITION BY s.user_id ORDER BY s.ts, s.event_id)
       )
       SELECT user_id, ts, price, round(price * 1e4)::BIGINT AS pc, type_idx, cat_idx, aff_w, k,
@@ -464,19 +478,29 @@ def _build(settings, con, p, seq_len, window, recent, raw_manifest, store, work)
              CASE WHEN x.exposure_ts <= cut.t1 THEN 'train'
                   WHEN x.exposure_ts <= cut.t2 THEN 'valid' ELSE 'holdout' END AS split
       FROM exposures x CROSS JOIN cut JOIN ids i USING (user_id)""")
-    if n_chunks > 1:  # one pass to split events by chunk; each chunk then reads only its own part
-        con.execute(f"""COPY (SELECT e.*, i.b FROM events e JOIN ids i USING (user_id))
+    if n_chunks > 1:  # one pass to split events by chunk (indexed); each chunk then reads only its own part
+        vocabulary_tables(con, vocab)
+        con.execute(f"""COPY (SELECT e.*, i.b FROM ({indexed_events('events', vocab)}) e JOIN ids i USING (user_id))
                         TO '{work / 'events'}' (FORMAT parquet, PARTITION_BY (b))""")
     truth_src = _stage_truth(settings, store, raw_manifest, work)
-    if truth_src and n_chunks > 1:  # truth too: re-keyed and split by chunk in one streamed pass
-        con.execute(f"COPY ({_truth_sql(truth_src)}) TO '{work / 'truth'}' (FORMAT parquet, PARTITION_BY (b))")
+    if truth_src and n_chunks > 1:  # truth too, still with raw ids (re-keyed per chunk)
+        con.execute(f"""COPY (SELECT t.*, i.b FROM {truth_src} t JOIN ids i USING (user_id))
+                        TO '{work / 'truth'}' (FORMAT parquet, PARTITION_BY (b))""")
 
     # Population definitions (RFM edges, segments, activity tiers) are fitted strictly before
     # fit_as_of on the FIT_USERS users with the smallest pseudonyms: a uniform sample that does
     # not depend on the chunking.
     con.execute(f"""CREATE OR REPLACE TEMP TABLE fpts AS SELECT user_id AS point_id, user_id,
                     TIMESTAMP '{fit['fit_as_of']}' AS ts, ukey FROM ids ORDER BY ukey LIMIT {FIT_USERS}""")
-    prepare_events(con, "(SELECT * FROM events WHERE user_id IN (SELECT user_id FROM fpts))", vocab, fit)
+    fit_src, indexed = "events", False
+    if n_chunks > 1:  # the smallest pseudonyms live in the first chunks: read only their parts
+        last = con.execute("SELECT max(b) FROM ids WHERE user_id IN (SELECT user_id FROM fpts)").fetchone()[0] or 0
+        parts = [f"'{work / 'events' / f'b={b}' / '*.parquet'}'" for b in range(last + 1)
+                 if (work / "events" / f"b={b}").exists()]
+        if parts:
+            fit_src, indexed = f"(SELECT * EXCLUDE (b) FROM read_parquet([{', '.join(parts)}]))", True
+    prepare_events(con, f"(SELECT * FROM {fit_src} WHERE user_id IN (SELECT user_id FROM fpts))", vocab, fit,
+                   indexed=indexed)
     snap = point_features(con, "fpts", vocab, seq_len, window, recent, fit, derive=False, order_by="p.ukey",
                           sequences=False, as_of=fit["fit_as_of"])
     raw = _raw_matrix(snap, window)
@@ -540,18 +564,22 @@ def _build(settings, con, p, seq_len, window, recent, raw_manifest, store, work)
             "chunks": n_chunks,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        meta["hashes"] = {f.name: sha256_file(f) for f in sorted(tmp.iterdir())}
+        files = sorted(tmp.iterdir())
+        with ThreadPoolExecutor(2) as pool:  # hashlib releases the GIL: two files at a time
+            meta["hashes"] = dict(zip((f.name for f in files), pool.map(sha256_file, files)))
     return meta
 
 
 def _build_chunk(con, b, n_chunks, work, vocab, fit, seq_len, window, recent, now_ts, prev_ts, truth_src,
                  counts, diff, write) -> None:
     """Exposure features, profile snapshots and truth of user chunk b, handed to `write`."""
-    src = (f"(SELECT * EXCLUDE (b) FROM read_parquet('{work / 'events' / f'b={b}' / '*.parquet'}'))"
-           if n_chunks > 1 else "events")
-    if n_chunks > 1 and not (work / "events" / f"b={b}").exists():
-        src = "(SELECT * FROM events WHERE false)"
-    prepare_events(con, src, vocab, fit)
+    if n_chunks == 1:
+        prepare_events(con, "events", vocab, fit)
+    elif (work / "events" / f"b={b}").exists():
+        prepare_events(con, f"(SELECT * EXCLUDE (b) FROM read_parquet('{work / 'events' / f'b={b}' / '*.parquet'}'))",
+                       vocab, fit, indexed=True)
+    else:
+        prepare_events(con, "(SELECT * FROM events WHERE false)", vocab, fit)
     con.execute(f"CREATE OR REPLACE TEMP TABLE cpts AS SELECT * EXCLUDE (b, xid) FROM xpts WHERE b = {b}")
     con.execute(f"CREATE OR REPLACE TEMP TABLE _hx AS {exposure_history('cpts')}")
     x = point_features(con, "cpts",
@@ -740,8 +768,8 @@ class _DiffAccumulator:
 
 def _stage_truth(settings: Settings, store: ObjectStore | None, raw_manifest: dict, work: Path) -> str:
     """Ground truth exists only for synthetic batches; real data has none (evaluation then uses
-    IPS). Copies its parts into the work dir (file by file) and returns them as a DuckDB file
-    list, or '' without truth."""
+    IPS). Copies its parts into the work dir (file by file) and returns a DuckDB relation reading
+    them, or '' without truth."""
     keys = raw_manifest.get("truth", {}).get("files") or []
     if not keys:
         return ""
@@ -755,26 +783,22 @@ def _stage_truth(settings: Settings, store: ObjectStore | None, raw_manifest: di
         else:
             path.write_bytes(store.get_bytes(key))
         paths.append(f"'{path}'")
-    return f"[{', '.join(paths)}]"
-
-
-def _truth_sql(src: str) -> str:
-    """Truth re-keyed with the pseudonyms already computed (a join, not a second round of hashing)."""
-    return f"""SELECT x.exposure_id, i.ukey AS user_id, t.* EXCLUDE (exposure_id, user_id), i.b
-               FROM read_parquet({src}) t JOIN ids i USING (user_id) LEFT JOIN xpts x ON x.xid = t.exposure_id"""
+    return f"read_parquet([{', '.join(paths)}])"
 
 
 def _truth_chunk(con: duckdb.DuckDBPyConnection, src: str, work: Path, b: int, n_chunks: int) -> pa.Table:
-    """The truth rows of user chunk b, in (user, exposure, campaign, arm) pseudonym order."""
+    """The truth rows of user chunk b, re-keyed with the pseudonyms already computed (a join, not
+    a second round of hashing), in (user, exposure, campaign, arm) pseudonym order."""
     part = work / "truth" / f"b={b}"
     if n_chunks == 1:
-        rel = f"({_truth_sql(src)})"
-    elif part.exists():
-        rel = f"read_parquet('{part / '*.parquet'}')"
+        rows, ids, xpts = src, "ids", "xpts"
     else:
-        rel = f"({_truth_sql(src)} WHERE false)"
-    return con.sql(f"SELECT * EXCLUDE (b) FROM {rel} "
-                   f"ORDER BY user_id, exposure_id NULLS LAST, campaign_id, variant_id").to_arrow_table()
+        rows = f"(SELECT * EXCLUDE (b) FROM read_parquet('{part / '*.parquet'}'))" if part.exists() else \
+            f"(SELECT * FROM {src} WHERE false)"
+        ids, xpts = f"(SELECT * FROM ids WHERE b = {b})", f"(SELECT * FROM xpts WHERE b = {b})"
+    return con.sql(f"""SELECT x.exposure_id, i.ukey AS user_id, t.* EXCLUDE (exposure_id, user_id)
+                       FROM {rows} t JOIN {ids} i USING (user_id) LEFT JOIN {xpts} x ON x.xid = t.exposure_id
+                       ORDER BY i.ukey, x.exposure_id NULLS LAST, t.campaign_id, t.variant_id""").to_arrow_table()
 
 
 def scoring_frame(con: duckdb.DuckDBPyConnection, as_of: str, meta: dict,
