@@ -1,5 +1,6 @@
-"""Training throughput of the main network (GRU + target attention + uplift head) vs the
-non-sequence MLP baseline on the same rows, and an extrapolation of the train step to 1M users.
+"""Training throughput of the main network (attention or GRU sequence encoder + target attention
++ uplift head) vs the non-sequence MLP baseline on the same rows, and an extrapolation of the
+train step to 1M users.
 
     CAMPAIGNOPS_WORKSPACE=/tmp/smoke2 .venv/bin/python benchmarks/bench_train.py --scales 1 5
 
@@ -21,16 +22,19 @@ def main() -> None:
     ap.add_argument("--scales", type=int, nargs="+", default=[1, 5])
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--target-users", type=int, default=1_000_000)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: params train.batch_size")
     args = ap.parse_args()
 
     from campaignops.config import load_settings
-    from campaignops.models.inputs import encode
+    from campaignops.models.inputs import encode, select_inputs
     from campaignops.models.uplift_net import build_model
     from campaignops.pipelines import layout
     from campaignops.pipelines.train import load_split, seed_everything
 
     settings = load_settings()
     params = settings.params["train"]
+    if args.batch_size:
+        params = {**params, "batch_size": args.batch_size}
     fdir = settings.workspace / layout.FEATURES_DIR
     meta = json.loads((fdir / "meta.json").read_text())
     train = load_split(settings, "train")
@@ -42,16 +46,20 @@ def main() -> None:
         x = {name: np.concatenate([v] * k) for name, v in x0.items()}
         y = np.concatenate([y0] * k)
         row = {"scale": k, "rows": len(y), "approx_users": users * k}
-        for name, sequence in (("main", True), ("mlp_noseq", False)):
+        for name, sequence, encoder in (("main", True, params.get("encoder", "gru")), ("main_gru", True, "gru"),
+                                        ("mlp_noseq", False, None)):
             seed_everything(int(params["seed"]))
-            model = build_model(meta, params, x["profile"].shape[1], x["variant"].shape[1], sequence=sequence)
+            model = build_model(meta, {**params, "encoder": encoder}, x["profile"].shape[1], x["variant"].shape[1],
+                                sequence=sequence)
             model.get_layer("profile_norm").adapt(x["profile"])
             targets = {"response": y, "revenue": np.zeros_like(y)}
-            model.fit(x, targets, epochs=1, batch_size=int(params["batch_size"]), verbose=0)  # warm-up / trace
+            xs = select_inputs(model, x)
+            model.fit(xs, targets, epochs=1, batch_size=int(params["batch_size"]), verbose=0)  # warm-up / trace
             t0 = time.perf_counter()
-            model.fit(x, targets, epochs=args.epochs, batch_size=int(params["batch_size"]), verbose=0)
+            model.fit(xs, targets, epochs=args.epochs, batch_size=int(params["batch_size"]), verbose=0)
             row[f"{name}_rows_per_s"] = len(y) * args.epochs / (time.perf_counter() - t0)
         row["ratio_mlp_over_main"] = row["mlp_noseq_rows_per_s"] / row["main_rows_per_s"]
+        row["ratio_main_over_gru"] = row["main_rows_per_s"] / row["main_gru_rows_per_s"]
         results.append(row)
         print(json.dumps(row), flush=True)
 

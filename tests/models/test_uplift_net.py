@@ -13,8 +13,8 @@ from campaignops.models.uplift_net import build_model, fit_network  # noqa: E402
 META = {"seq_len": 12, "vocab": {"categories": ["c0", "c1", "c2"], "event_types": ["browse", "buy"]},
         "seq_channels": {"seq_gap": {"size": 4}}}
 N_PROFILE, N_VARIANT = 3, 5   # variant: [is_control, targets c0, targets c1, targets c2, discount]
-PARAMS = {"embed_dim": 8, "gru_units": 8, "dense_units": [16, 8], "dropout": 0.0, "learning_rate": 0.01,
-          "attention_heads": 2, "epochs": 25, "batch_size": 128, "patience": 25}
+PARAMS = {"embed_dim": 8, "gru_units": 8, "dense_units": [32, 16], "dropout": 0.0, "learning_rate": 0.003,
+          "attention_heads": 2, "epochs": 40, "batch_size": 128, "patience": 8, "early_stopping_monitor": "val_loss"}
 
 
 def world(n=3000, seed=0):
@@ -46,11 +46,11 @@ def _control_rows(x):
     return {**x, "variant": v}
 
 
-@pytest.mark.parametrize("encoder", ["gru", "attention"])
-def test_outputs_save_load_and_control_ignores_arm_attributes(tmp_path, encoder):
+@pytest.mark.parametrize("encoder,target", [("gru", "multihead"), ("attention", "dot")])
+def test_outputs_save_load_and_control_ignores_arm_attributes(tmp_path, encoder, target):
     x, y, _ = world(200)
     keras.utils.set_random_seed(0)
-    model = build_model(META, {**PARAMS, "encoder": encoder}, N_PROFILE, N_VARIANT)
+    model = build_model(META, {**PARAMS, "encoder": encoder, "target_attention": target}, N_PROFILE, N_VARIANT)
     model.get_layer("profile_norm").adapt(x["profile"])
     assert {t.name.split(":")[0] for t in model.inputs} == {"seq", "seq_pos", "seq_gap", "profile", "variant"}
     assert model.get_layer("target_attention") is not None
@@ -72,12 +72,12 @@ def test_without_sequence_encoder_has_no_sequence_layers():
     assert "delta_logit" in names
 
 
-@pytest.mark.parametrize("encoder", ["gru", "attention"])
-def test_learns_arm_by_sequence_uplift_and_picks_the_matching_arm(encoder):
+@pytest.mark.parametrize("encoder,target", [("gru", "multihead"), ("attention", "dot")])
+def test_learns_arm_by_sequence_uplift_and_picks_the_matching_arm(encoder, target):
     x, y, _ = world(4000, seed=1)
     xv, yv, _ = world(1000, seed=2)
     keras.utils.set_random_seed(0)
-    model = build_model(META, {**PARAMS, "encoder": encoder}, N_PROFILE, N_VARIANT)
+    model = build_model(META, {**PARAMS, "encoder": encoder, "target_attention": target}, N_PROFILE, N_VARIANT)
     model.get_layer("profile_norm").adapt(x["profile"])
     fit_network(model, PARAMS, x, y, y * 0, xv, yv, yv * 0)
     xt, _, interest = world(600, seed=3)
