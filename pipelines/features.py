@@ -10,6 +10,8 @@ reused unchanged at scoring time.
 Persisted outputs carry pseudonymous ids only (pipelines/privacy.py). The work is done by DuckDB in
 chunks of users (contiguous ranges of the user pseudonym), so memory is bounded by the chunk size
 and the output order (user pseudonym, exposure pseudonym) does not depend on the number of chunks.
+Events and ground truth are split by chunk in one streamed pass each; every output, truth included,
+is appended chunk by chunk (a background thread writes while the next chunk is computed).
 """
 from __future__ import annotations
 
