@@ -4,45 +4,18 @@ and check the registry, the scores in S3 and the quarantine."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def make_workspace(tmp: Path) -> Path:
-    """A copy of the project's tracked files, as its own git repo, so DVC runs there."""
-    ws = tmp / "ws"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for f in files:
-        if (ROOT / f).is_file():
-            (ws / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, ws / f)
-    params = yaml.safe_load((ws / "params.yaml").read_text())
+def small_world(params: dict) -> None:
     params["data"]["users"] = 6000
     params["train"]["epochs"] = 6
     # A small world trains a weak model; this test is about the chain, the gate has unit tests.
     params["evaluate"].update(min_auc=0.5, max_logloss=1.0, min_qini=-1.0, min_policy_value_fraction=-10.0)
-    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "e2e"]):
-        subprocess.run(cmd, cwd=ws, check=True)
-    return ws
 
 
 def inject_bad_events(store, manifest: dict) -> int:
@@ -64,27 +37,10 @@ def inject_bad_events(store, manifest: dict) -> int:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("e2e")
-    ws = make_workspace(tmp)
-    env = {"CAMPAIGNOPS_WORKSPACE": str(ws), "CAMPAIGNOPS_STATE": str(tmp / "state")}
-    for name in ("s3", "weed_master", "weed_volume", "weed_filer", "mlflow", "airflow"):
-        env[f"CAMPAIGNOPS_{name.upper()}_PORT"] = str(free_port())
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    from campaignops.config import load_settings
-    from campaignops.infra import stack as stack_mod
+    from campaignops.infra.sandbox import sandbox_stack
 
-    settings = load_settings()
-    try:
-        stack_mod.up(settings)
-        yield load_settings()
-    finally:
-        stack_mod.down(load_settings())
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with sandbox_stack(tmp_path_factory.mktemp("e2e"), small_world) as settings:
+        yield settings
 
 
 def test_retrain_and_score_through_airflow(stack):

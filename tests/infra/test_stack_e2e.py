@@ -3,7 +3,6 @@ each service requires and accepts the generated credentials, then stop it."""
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -12,13 +11,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
-PORTS = ("S3", "WEED_MASTER", "WEED_VOLUME", "WEED_FILER", "MLFLOW", "AIRFLOW")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from campaignops.infra.sandbox import PORTS, free_port  # noqa: E402
 
 
 @pytest.fixture
@@ -29,7 +22,7 @@ def stack_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("CAMPAIGNOPS_WORKSPACE", str(ws))
     monkeypatch.setenv("CAMPAIGNOPS_STATE", str(tmp_path / "state"))
     for name in PORTS:
-        monkeypatch.setenv(f"CAMPAIGNOPS_{name}_PORT", str(free_port()))
+        monkeypatch.setenv(f"CAMPAIGNOPS_{name.upper()}_PORT", str(free_port()))
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
                 "MLFLOW_TRACKING_PASSWORD", "CAMPAIGNOPS_AIRFLOW_PASSWORD", "CAMPAIGNOPS_AIRFLOW_URL",
                 "CAMPAIGNOPS_S3_ENDPOINT"):

@@ -1,0 +1,75 @@
+"""The whole campaign_retrain DAG through Airflow on the real stack (SeaweedFS, MLflow, Airflow in
+a sandbox copy of the project on free ports), at a baseline size and at the target size, with
+per-task wall times from Airflow's task instances.
+
+    .venv/bin/python benchmarks/bench_retrain_dag.py --users 20000 1000000
+
+Prints one JSON line per size (generate time, per-task seconds, DAG seconds, seconds per 1k
+users) and the ratio of each size's DAG time to the baseline (the first size). The issue's
+budget: the whole DAG ≤ 15 min at 1M users on 2 cores."""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+
+def _seconds(ti: dict) -> float | None:
+    if not ti.get("start_date") or not ti.get("end_date"):
+        return None
+    parse = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00"))  # noqa: E731
+    return (parse(ti["end_date"]) - parse(ti["start_date"])).total_seconds()
+
+
+def run_size(users: int, epochs: int | None) -> dict:
+    from campaignops.config import apply_env
+    from campaignops.infra.airflow_client import AirflowClient
+    from campaignops.infra.sandbox import sandbox_stack
+    from campaignops.pipelines import synth
+
+    def update(params: dict) -> None:
+        params["data"]["users"] = users
+        if epochs:
+            params["train"]["epochs"] = epochs
+
+    with tempfile.TemporaryDirectory(prefix="bench-dag-") as tmp, sandbox_stack(Path(tmp), update) as settings:
+        apply_env(settings)
+        t0 = time.perf_counter()
+        manifest = synth.generate(settings, progress=False)
+        generate_s = time.perf_counter() - t0
+        client = AirflowClient.from_settings(settings)
+        client.wait_for_dag("campaign_retrain", timeout=300)
+        client.unpause("campaign_retrain")
+        t0 = time.perf_counter()
+        run_id = client.trigger("campaign_retrain", {"batch": manifest["batch"]})
+        state = client.wait_for_run("campaign_retrain", run_id, timeout=3 * 3600)
+        dag_s = time.perf_counter() - t0
+        tasks = {ti["task_id"]: _seconds(ti) for ti in client.task_instances("campaign_retrain", run_id)}
+        train = json.loads((settings.workspace / "reports" / "train_metrics.json").read_text())
+        return {"users": users, "events": manifest["tables"]["events"]["rows"], "state": state,
+                "generate_s": round(generate_s, 1), "dag_s": round(dag_s, 1),
+                "dag_s_per_1k_users": round(dag_s / users * 1000, 3),
+                "tasks_s": {k: round(v, 1) for k, v in tasks.items() if v is not None},
+                "train_rows": train.get("train_rows"), "epochs_run": train.get("epochs_run"),
+                "train_rows_per_s": round(train.get("train_rows_per_s", 0.0))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--users", type=int, nargs="+", default=[20_000, 1_000_000])
+    ap.add_argument("--epochs", type=int, default=None, help="cap train.epochs (default: params.yaml)")
+    args = ap.parse_args()
+    base = None
+    for users in args.users:
+        row = run_size(users, args.epochs)
+        base = base or row
+        row["ratio_dag_s_vs_baseline"] = round(row["dag_s"] / base["dag_s"], 2)
+        row["ratio_per_user_vs_baseline"] = round(row["dag_s_per_1k_users"] / base["dag_s_per_1k_users"], 3)
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
