@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 RECENT = 10  # events counted as "recent" for the target-category affinity cross feature
 
@@ -20,7 +21,16 @@ def _column(frame, name: str) -> np.ndarray:
 
 
 def variant_dim(meta: dict) -> int:
-    return 1 + len(meta["campaign_types"]) + 1 + len(meta["channels"]) + 1 + 2 + len(history_crosses(meta))
+    return (1 + len(meta["campaign_types"]) + 1 + len(meta["channels"]) + 1 + 2 + len(history_crosses(meta))
+            + len(meta.get("arm_targets", [])))
+
+
+def arm_target_vocabulary(arms: pa.Table) -> list[str]:
+    """The target categories of the treatment arms known at training time (the model's arm-target
+    one-hot): arms that differ only in what they promote (e.g. men's vs women's e-mail) stay
+    distinguishable even when no behaviour events exist to compute interest crosses from."""
+    values = arms.filter(pa.compute.equal(arms.column("is_control"), 0)).column("target_category").to_pylist()
+    return sorted({v for v in values if v not in (None, "", "none")})
 
 
 DISCOUNT_TYPES = ("discount", "coupon")   # the profile's resp_rate_discount covers these; resp_rate_other the rest
@@ -86,7 +96,7 @@ def encode(frame: pa.Table | pd.DataFrame, meta: dict) -> dict[str, np.ndarray]:
     seq_extra = {name: _column(frame, name).astype(np.int32).reshape(n, seq_len) for name in seq_channel_sizes(meta)}
     seq_pos = np.where(seq > 0, np.arange(1, seq_len + 1, dtype=np.int32)[None, :], 0).astype(np.int32)
     profile = np.stack([_column(frame, c).astype(np.float32) for c in meta["profile_cols"]], axis=1) \
-        if n else np.zeros((0, len(meta["profile_cols"])), np.float32)
+        if n and meta["profile_cols"] else np.zeros((n, len(meta["profile_cols"])), np.float32)
 
     types, channels = np.asarray(_column(frame, "type"), dtype=object), np.asarray(_column(frame, "channel"), dtype=object)
     parts = [_column(frame, "is_control").astype(np.float32)[:, None]]
@@ -97,6 +107,7 @@ def encode(frame: pa.Table | pd.DataFrame, meta: dict) -> dict[str, np.ndarray]:
     targets = np.asarray(_column(frame, "target_category"), dtype=object)
     parts += list(target_affinity(seq, targets, meta).T[:, :, None])
     parts += _history_cross_values(frame, meta, types, channels, targets, parts[0][:, 0])
+    parts += [(targets == t).astype(np.float32)[:, None] for t in meta.get("arm_targets", [])]
     variant = np.concatenate(parts, axis=1) if n else np.zeros((0, variant_dim(meta)), np.float32)
     return {"seq": seq, "seq_pos": seq_pos, **seq_extra, "profile": profile, "variant": variant}
 

@@ -35,7 +35,7 @@ def seed_everything(seed: int) -> None:
 
 
 def run(settings: Settings) -> dict:
-    from campaignops.models.inputs import encode, select_inputs
+    from campaignops.models.inputs import arm_target_vocabulary, encode, select_inputs
     from campaignops.models.metrics import auc, log_loss
     from campaignops.models.pyfunc import CampaignResponseModel
     from campaignops.models.baselines import save_all, train_baselines
@@ -46,6 +46,7 @@ def run(settings: Settings) -> dict:
     ws = settings.workspace
     fdir = ws / layout.FEATURES_DIR
     meta = json.loads((fdir / "meta.json").read_text())
+    meta["arm_targets"] = arm_target_vocabulary(pq.read_table(fdir / "arms.parquet"))
     seed_everything(int(params["seed"]))
 
     train, valid = load_split(settings, "train"), load_split(settings, "valid")

@@ -46,3 +46,17 @@ def test_crosses_are_left_out_when_the_profile_lacks_their_columns():
     meta = {**META, "profile_cols": ["log_avg_price"]}
     assert history_crosses(meta) == ["discount_x_price_level"]
     assert encode(frame(), meta)["variant"].shape == (3, variant_dim(meta))
+
+
+def test_arm_target_one_hot_tells_apart_arms_that_differ_only_in_their_target():
+    import pyarrow as pa
+
+    from campaignops.models.inputs import arm_target_vocabulary
+
+    arms = pa.table({"is_control": [0.0, 0.0, 1.0], "target_category": ["c01", "c00", "none"]})
+    assert arm_target_vocabulary(arms) == ["c00", "c01"]
+    meta = {**META, "profile_cols": [], "arm_targets": ["c00", "c01"]}   # no events, no crosses
+    x = encode(frame(), meta)
+    assert x["variant"].shape == (3, variant_dim(meta))
+    np.testing.assert_array_equal(x["variant"][:, -2:], [[0, 1], [1, 0], [0, 0]])
+    assert not np.array_equal(x["variant"][0], x["variant"][1])
