@@ -50,7 +50,7 @@ def sandbox_stack(tmp: Path, params_update=None) -> Iterator:
     env = {"CAMPAIGNOPS_WORKSPACE": str(ws), "CAMPAIGNOPS_STATE": str(tmp / "state")}
     for name in PORTS:
         env[f"CAMPAIGNOPS_{name.upper()}_PORT"] = str(free_port())
-    saved = {k: os.environ.get(k) for k in env}
+    saved = dict(os.environ)   # steps export endpoints and keys (config.apply_env): restore all of it
     os.environ.update(env)
     from campaignops.config import load_settings
     from campaignops.infra import stack as stack_mod
@@ -60,8 +60,5 @@ def sandbox_stack(tmp: Path, params_update=None) -> Iterator:
         yield load_settings()
     finally:
         stack_mod.down(load_settings())
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        os.environ.clear()
+        os.environ.update(saved)
