@@ -131,22 +131,22 @@ CROSS_TABLE_RULES: dict[str, list[Rule]] = {
 ATTRIBUTE_NAME_REGEX = "^[A-Za-z][A-Za-z0-9_]{0,63}$"  # becomes part of a feature column name
 
 
+def _in_users_sql(table: str) -> str:
+    """Rows of `table` whose (non-null) user_id is not a validated user."""
+    return f"""
+                SELECT t._row FROM {table} t
+                WHERE t.user_id IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM valid_users u WHERE u.user_id = t.user_id)"""
+
+
 def cross_table_sql(table: str) -> dict[str, str]:
     """rule id → SQL returning the `_row` of every violating row. Relations: `<table>` (raw rows
     with `_row`) and `valid_<parent>` (parent rows that passed their own rules)."""
-    if table == "events":
-        return {
-            "events.user_id.in_users": """
-                SELECT e._row FROM events e
-                WHERE e.user_id IS NOT NULL
-                  AND NOT EXISTS (SELECT 1 FROM valid_users u WHERE u.user_id = e.user_id)""",
-        }
+    if table in ("events", "user_attributes"):
+        return {f"{table}.user_id.in_users": _in_users_sql(table)}
     if table == "exposures":
         return {
-            "exposures.user_id.in_users": """
-                SELECT x._row FROM exposures x
-                WHERE x.user_id IS NOT NULL
-                  AND NOT EXISTS (SELECT 1 FROM valid_users u WHERE u.user_id = x.user_id)""",
+            "exposures.user_id.in_users": _in_users_sql("exposures"),
             "exposures.variant_id.in_campaigns": f"""
                 SELECT x._row FROM exposures x
                 WHERE x.campaign_id IS NOT NULL AND x.variant_id IS NOT NULL
@@ -159,13 +159,6 @@ def cross_table_sql(table: str) -> dict[str, str]:
                            FROM valid_campaigns GROUP BY campaign_id)
                 SELECT x._row FROM exposures x JOIN w ON w.campaign_id = x.campaign_id
                 WHERE x.exposure_ts < w.s OR x.exposure_ts > w.e""",
-        }
-    if table == "user_attributes":
-        return {
-            "user_attributes.user_id.in_users": """
-                SELECT a._row FROM user_attributes a
-                WHERE a.user_id IS NOT NULL
-                  AND NOT EXISTS (SELECT 1 FROM valid_users u WHERE u.user_id = a.user_id)""",
         }
     return {}
 
