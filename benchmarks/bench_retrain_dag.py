@@ -18,6 +18,8 @@ from pathlib import Path
 
 
 def _seconds(ti: dict) -> float | None:
+    if ti.get("duration") is not None:
+        return float(ti["duration"])
     if not ti.get("start_date") or not ti.get("end_date"):
         return None
     parse = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00"))  # noqa: E731
@@ -47,7 +49,8 @@ def run_size(users: int, epochs: int | None) -> dict:
         run_id = client.trigger("campaign_retrain", {"batch": manifest["batch"]})
         state = client.wait_for_run("campaign_retrain", run_id, timeout=3 * 3600)
         dag_s = time.perf_counter() - t0
-        tasks = {ti["task_id"]: _seconds(ti) for ti in client.task_instances("campaign_retrain", run_id)}
+        tis = sorted(client.task_instances("campaign_retrain", run_id), key=lambda ti: ti.get("start_date") or "")
+        tasks = {ti["task_id"]: _seconds(ti) for ti in tis}
         train = json.loads((settings.workspace / "reports" / "train_metrics.json").read_text())
         return {"users": users, "events": manifest["tables"]["events"]["rows"], "state": state,
                 "generate_s": round(generate_s, 1), "dag_s": round(dag_s, 1),
