@@ -104,9 +104,9 @@ def run(settings: Settings) -> dict:
                                                         history.history["val_response_auc"])):
                 mlflow.log_metrics({"epoch_loss": loss, "epoch_val_auc": val_auc}, step=epoch)
             mlflow.log_metrics(metrics)
-            example = valid.slice(0, 5).select(["seq_tokens", *meta.get("seq_channels", {}), *meta["profile_cols"], "is_control", "type",
-                                                "discount_rate", "channel", "target_category",
-                                                "cost_per_send"]).to_pandas()
+            example = valid.slice(0, 5).select(["seq_tokens", *meta.get("seq_channels", {}), *meta["profile_cols"],
+                                                "is_control", "type", "discount_rate", "channel",
+                                                "target_category", "cost_per_send"]).to_pandas()
             for col in ["seq_tokens", *meta.get("seq_channels", {})]:
                 example[col] = example[col].map(lambda v: np.asarray(v, dtype=np.int32))
             from mlflow.models import infer_signature
