@@ -55,6 +55,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from campaignops.pipelines import layout
+from campaignops.pipelines.storage import sha256_file
 from campaignops.validation import suites
 from campaignops.validation.contract import CAMPAIGN_TYPES, CHANNELS, CONTROL, GENDERS, SCHEMAS
 
@@ -377,14 +378,6 @@ def build_tables(m: dict, df: pd.DataFrame) -> tuple[dict[str, pa.Table], dict]:
     return tables, stats
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def import_file(settings, mapping_path: Path | str, data_path: Path | str, batch: str | None = None,
                 response: str | None = None, store=None, limit: int | None = None,
                 split_seed: int | None = None) -> dict:
@@ -430,8 +423,8 @@ def import_file(settings, mapping_path: Path | str, data_path: Path | str, batch
         "now": stats["now"],
         "upcoming_campaign_id": None,
         "generator": {"name": "campaignops.pipelines.importer", "mapping": str(mapping_path),
-                      "mapping_sha256": _sha256(mapping_path), "data_file": str(data_path),
-                      "data_sha256": _sha256(data_path), "rows_limit": limit, "campaign_id": m["campaign_id"],
+                      "mapping_sha256": sha256_file(mapping_path), "data_file": str(data_path),
+                      "data_sha256": sha256_file(data_path), "rows_limit": limit, "campaign_id": m["campaign_id"],
                       "response": m["response"], "revenue": m["revenue"],
                       "exposure_times": "column " + m["timestamp"] if m["timestamp"] else
                       "spread over the campaign window by sha256(campaign id, user id or row)",
