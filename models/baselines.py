@@ -47,6 +47,25 @@ def tabular(x: dict[str, np.ndarray], meta: dict) -> tuple[np.ndarray, np.ndarra
     return user, x["variant"][:, 1:], x["variant"][:, 0] > 0.5
 
 
+def classifier(kind: str, seed: int = 0, max_iter: int = 200):
+    """The tabular classifier of the baselines (and of evaluate's scikit-uplift references):
+    "gbt" histogram gradient boosting with early stopping, or "logreg" scaled logistic regression."""
+    if kind == "gbt":
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        return HistGradientBoostingClassifier(max_iter=max_iter, learning_rate=0.05, max_leaf_nodes=15,
+                                              min_samples_leaf=40, l2_regularization=1.0,
+                                              early_stopping=True, validation_fraction=0.15,
+                                              n_iter_no_change=15, random_state=seed)
+    if kind == "logreg":
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
+    raise ValueError(f"unknown T-learner kind {kind!r}")
+
+
 class TLearner:
     def __init__(self, kind: str = "gbt", seed: int = 0, max_iter: int = 200):
         self.kind, self.seed, self.max_iter = kind, seed, max_iter
@@ -54,20 +73,7 @@ class TLearner:
         self.control_model = self.treated_model = None
 
     def _estimator(self):
-        if self.kind == "gbt":
-            from sklearn.ensemble import HistGradientBoostingClassifier
-
-            return HistGradientBoostingClassifier(max_iter=self.max_iter, learning_rate=0.05, max_leaf_nodes=15,
-                                                  min_samples_leaf=40, l2_regularization=1.0,
-                                                  early_stopping=True, validation_fraction=0.15,
-                                                  n_iter_no_change=15, random_state=self.seed)
-        if self.kind == "logreg":
-            from sklearn.linear_model import LogisticRegression
-            from sklearn.pipeline import make_pipeline
-            from sklearn.preprocessing import StandardScaler
-
-            return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
-        raise ValueError(f"unknown T-learner kind {self.kind!r}")
+        return classifier(self.kind, self.seed, self.max_iter)
 
     def fit(self, x: dict[str, np.ndarray], y: np.ndarray, meta: dict) -> "TLearner":
         self.meta = meta

@@ -198,19 +198,12 @@ REFERENCE_MODELS = ("two_model", "class_transformation")
 
 
 def _reference_estimator(kind: str, seed: int):
-    if kind == "hgb":
-        from sklearn.ensemble import HistGradientBoostingClassifier
+    """params evaluate.reference_estimator: hgb | logreg, the baselines' classifiers (models/baselines.py)."""
+    from campaignops.models.baselines import classifier
 
-        return HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=40,
-                                              l2_regularization=1.0, early_stopping=True, validation_fraction=0.15,
-                                              n_iter_no_change=15, random_state=seed)
-    if kind == "logreg":
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
-        return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
-    raise ValueError(f"params evaluate.reference_estimator: unknown {kind!r} (hgb | logreg)")
+    if kind not in ("hgb", "logreg"):
+        raise ValueError(f"params evaluate.reference_estimator: unknown {kind!r} (hgb | logreg)")
+    return classifier("gbt" if kind == "hgb" else kind, seed)
 
 
 def _reference_model(name: str, kind: str, seed: int):
