@@ -118,9 +118,9 @@ class NoSequenceMLP:
         return self
 
     def predict(self, x: dict[str, np.ndarray]) -> np.ndarray:
-        from campaignops.models.inputs import select_inputs
+        from campaignops.models.uplift_net import predict
 
-        return self.model.predict(select_inputs(self.model, x), batch_size=4096, verbose=0)[0][:, 0].astype(np.float64)
+        return predict(self.model, x)[0]
 
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)

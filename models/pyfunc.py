@@ -20,10 +20,10 @@ class CampaignResponseModel(mlflow.pyfunc.PythonModel):
     def predict_arrays(self, inputs: dict[str, np.ndarray], batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         if len(inputs["seq"]) == 0:
             return np.zeros(0), np.zeros(0)
-        from campaignops.models.inputs import select_inputs
+        from campaignops.models.uplift_net import predict
 
-        response, revenue = self.model.predict(select_inputs(self.model, inputs), batch_size=batch_size, verbose=0)
-        return response[:, 0].astype(np.float64), revenue[:, 0].astype(np.float64) * self.meta["revenue_scale"]
+        p, revenue = predict(self.model, inputs, batch_size)
+        return p, revenue * self.meta["revenue_scale"]
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from campaignops.models.inputs import encode

@@ -156,3 +156,14 @@ def fit_network(model, params: dict, x_train, y_train, rev_train, x_valid, y_val
         shuffle=True,
         verbose=int(params.get("verbose", 0)),
     )
+
+
+def predict(model, inputs: dict, batch_size: int = 4096):
+    """(response probability, revenue / revenue_scale) as float64 vectors for encoded inputs; only
+    the inputs the model declares are passed (older models take fewer sequence channels)."""
+    import numpy as np
+
+    from campaignops.models.inputs import select_inputs
+
+    response, revenue = model.predict(select_inputs(model, inputs), batch_size=batch_size, verbose=0)
+    return response[:, 0].astype(np.float64), revenue[:, 0].astype(np.float64)

@@ -35,11 +35,11 @@ def seed_everything(seed: int) -> None:
 
 
 def run(settings: Settings) -> dict:
-    from campaignops.models.inputs import arm_target_vocabulary, encode, select_inputs
+    from campaignops.models.inputs import arm_target_vocabulary, encode
     from campaignops.models.metrics import auc, log_loss
     from campaignops.models.pyfunc import CampaignResponseModel
     from campaignops.models.baselines import save_all, train_baselines
-    from campaignops.models.uplift_net import build_model, fit_network
+    from campaignops.models.uplift_net import build_model, fit_network, predict
     from campaignops.pipelines import tracking
 
     params = settings.params["train"]
@@ -64,7 +64,7 @@ def run(settings: Settings) -> dict:
     history = fit_network(model, {**params, "verbose": 2}, x_train, y_train, rev_train / revenue_scale,
                           x_valid, y_valid, rev_valid / revenue_scale)
     train_seconds = time.perf_counter() - t0
-    p_valid = model.predict(select_inputs(model, x_valid), batch_size=4096, verbose=0)[0][:, 0]
+    p_valid = predict(model, x_valid)[0]
     metrics = {
         "valid_auc": auc(y_valid, p_valid),
         "valid_logloss": log_loss(y_valid, p_valid),
@@ -136,8 +136,7 @@ def _sample_rows(n: int, max_rows: int | None, seed: int) -> np.ndarray:
 def model_output_frame(model, inputs, meta):
     import pandas as pd
 
-    from campaignops.models.inputs import select_inputs
+    from campaignops.models.uplift_net import predict
 
-    response, revenue = model.predict(select_inputs(model, inputs), verbose=0)
-    return pd.DataFrame({"p_response": response[:, 0].astype(np.float64),
-                         "expected_revenue": revenue[:, 0].astype(np.float64) * meta["revenue_scale"]})
+    p, revenue = predict(model, inputs)
+    return pd.DataFrame({"p_response": p, "expected_revenue": revenue * meta["revenue_scale"]})
