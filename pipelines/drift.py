@@ -10,10 +10,10 @@ either frame. Nulls are a bin of their own in both cases, so a column that turns
 Empty bins get a share of EPS so the log is defined (the usual convention).
 
 Rule of thumb: < 0.1 stable, 0.1–0.25 moderate shift, > 0.25 major shift. The threshold lives in
-params.yaml `drift.max_psi`; `check_drift` raises `DriftDetected` naming each feature over it.
+params.yaml `drift.max_psi` (per feature: `drift.features`).
 
-The gate (train/serve skew): the train stage keeps a bounded sample of the model's input
-features as `drift_reference.parquet` (data/model and an MLflow artifact of the run,
+The gate (train/serve skew): the train stage keeps bounded samples of the model's input
+features in `drift_reference/` (data/model and an MLflow artifact of the run,
 `write_reference`). Before training (`gate_training`) and before scoring (`gate_scoring`) the
 batch is compared with the *champion's* snapshot under the per-feature policy of params.yaml
 `drift:` (`policy`, `assess`); the report goes to reports/drift_<stage>.json (+ .html) and to
@@ -160,31 +160,20 @@ def drift_report(reference_frame, current_frame, columns: Sequence[str] | None =
     return {"bins": bins, "features": features, "max_psi": worst[1]["psi"], "max_psi_feature": worst[0]}
 
 
-def check_drift(report: dict, threshold: float) -> dict:
-    """Raise DriftDetected naming every feature whose PSI exceeds `threshold`; else return report."""
-    over = {name: f["psi"] for name, f in report["features"].items() if f["psi"] > threshold}
-    if over:
-        listed = ", ".join(f"{n} (PSI {v:.3f})" for n, v in sorted(over.items(), key=lambda kv: -kv[1]))
-        raise DriftDetected(
-            f"drift over threshold PSI {threshold:g} in {len(over)} feature(s): {listed}. The current data's "
-            "distribution differs from the reference snapshot; check the upstream source or retrain "
-            "before trusting scores.", over)
-    return report
-
-
-def thresholds(params: dict) -> tuple[float, int]:
-    """(max_psi, bins) from params.yaml `drift:`."""
-    d = params.get("drift", {})
-    return float(d.get("max_psi", 0.2)), int(d.get("bins", 10))
-
-
 # --------------------------------------------------------------------------- the gate
+
+def sample_indices(n: int, max_rows: int | None, seed: int = SAMPLE_SEED) -> np.ndarray:
+    """All of range(n), or a seeded draw of max_rows of them in increasing order (same input, same rows)."""
+    if not max_rows or n <= int(max_rows):
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, int(max_rows), replace=False))
+
 
 def sample(table, rows: int, seed: int = SAMPLE_SEED):
     """At most `rows` rows of a pyarrow table: a seeded draw kept in input order (same input, same rows)."""
     if table.num_rows <= rows:
         return table
-    return table.take(np.sort(np.random.default_rng(seed).choice(table.num_rows, rows, replace=False)))
+    return table.take(sample_indices(table.num_rows, rows, seed))
 
 
 def write_reference(features_dir, meta: dict, out_dir, mlflow=None, rows: int = REFERENCE_ROWS) -> Path:

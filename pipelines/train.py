@@ -75,7 +75,9 @@ def run(settings: Settings) -> dict:
     }
     # Baselines on the same split (models/baselines.py); evaluate.py scores them on the holdout.
     # Reference points, not the product: beyond baseline_max_rows they fit on a seeded sample.
-    rows = _sample_rows(len(y_train), params.get("baseline_max_rows"), int(params["seed"]))
+    from campaignops.pipelines.drift import sample_indices
+
+    rows = sample_indices(len(y_train), params.get("baseline_max_rows"), int(params["seed"]))
     xb = {k: v[rows] for k, v in x_train.items()}
     baselines = train_baselines(params.get("baselines", []), xb, y_train[rows], rev_train[rows] / revenue_scale,
                                 x_valid, y_valid, rev_valid / revenue_scale, meta, params, int(params["seed"]))
@@ -124,13 +126,6 @@ def run(settings: Settings) -> dict:
         write_json(tmp / "run.json", record)
     write_json(ws / layout.REPORTS_DIR / "train_metrics.json", metrics)
     return record
-
-
-def _sample_rows(n: int, max_rows: int | None, seed: int) -> np.ndarray:
-    """All row indices, or a sorted seeded sample of max_rows of them."""
-    if not max_rows or n <= int(max_rows):
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, int(max_rows), replace=False))
 
 
 def model_output_frame(model, inputs, meta):

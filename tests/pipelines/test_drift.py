@@ -1,4 +1,4 @@
-"""PSI against hand-computed values; drift report and check."""
+"""PSI against hand-computed values; drift report, policy and the blocking check."""
 from __future__ import annotations
 
 import numpy as np
@@ -50,10 +50,14 @@ def test_drift_report_and_check_name_the_features():
     ok = drift.drift_report(ref, same, ["price", "age", "region"])
     assert ok["features"]["price"]["kind"] == "numeric" and ok["features"]["region"]["kind"] == "categorical"
     assert ok["max_psi"] < 0.05
-    assert drift.check_drift(ok, 0.2) is ok
+    pol = drift.policy({"drift": {"max_psi": 0.2}}, "score")
+    table = pa.Table.from_pandas
+    passed = drift.assess(table(ref), table(same), pol, categorical=["region"])
+    assert passed["status"] == "passed" and drift.enforce(passed) is passed
     bad = drift.drift_report(ref, shifted, ["price", "age", "region"])
+    blocked = drift.assess(table(ref), table(shifted), pol, categorical=["region"])
     with pytest.raises(drift.DriftDetected) as err:
-        drift.check_drift(bad, 0.2)
+        drift.enforce(blocked)
     msg = str(err.value)
     assert "price" in msg and "region" in msg and "age" not in msg and "0.2" in msg
     assert set(err.value.features) == {"price", "region"}
@@ -62,10 +66,10 @@ def test_drift_report_and_check_name_the_features():
     assert rep["features"]["price"]["psi"] == pytest.approx(bad["features"]["price"]["psi"])
 
 
-def test_thresholds_from_params():
+def test_policy_from_params():
     import yaml
     from pathlib import Path
 
     params = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
-    max_psi, bins = drift.thresholds(params)
-    assert 0 < max_psi < 1 and bins >= 2
+    pol = drift.policy(params, "train")
+    assert 0 < pol["max_psi"] < 1 and pol["bins"] >= 2

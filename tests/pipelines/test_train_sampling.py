@@ -1,9 +1,10 @@
-"""The train stage's baseline sample: all rows up to the cap, a seeded sorted sample beyond it."""
+"""The seeded row sample (train's baseline sample, the drift snapshot): all rows up to the cap,
+a seeded sorted sample beyond it."""
 from __future__ import annotations
 
 import numpy as np
 
-from campaignops.pipelines.train import _sample_rows
+from campaignops.pipelines.drift import sample_indices as _sample_rows
 
 
 def test_sample_rows_caps_and_is_reproducible():
