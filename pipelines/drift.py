@@ -354,15 +354,11 @@ def gate_scoring(settings, campaign_id: str | None = None, users=None, store=Non
 
 def scoring_users(settings, campaign_id: str | None, meta: dict):
     """(scoring frame, campaign_id): features of every user as of the campaign's first start."""
-    from campaignops.pipelines.features import connect, scoring_frame
+    from campaignops.pipelines.features import campaign_scoring_frame, connect
 
     ws = settings.workspace
     campaign_id = campaign_id or json.loads((ws / layout.RAW_MANIFEST).read_text()).get("upcoming_campaign_id")
-    con = connect(ws / layout.VALIDATED_DIR)
-    start = con.execute("SELECT min(start_ts) FROM campaigns WHERE campaign_id = ?", [campaign_id]).fetchone()[0]
-    if start is None:
-        raise ValueError(f"campaign {campaign_id!r} is not in the validated campaigns table")
-    return scoring_frame(con, start.isoformat(sep=" "), meta), campaign_id
+    return campaign_scoring_frame(connect(ws / layout.VALIDATED_DIR), campaign_id, meta)[0], campaign_id
 
 
 def _gate(settings, stage: str, current, store) -> dict:

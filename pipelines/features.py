@@ -811,6 +811,15 @@ def scoring_frame(con: duckdb.DuckDBPyConnection, as_of: str, meta: dict,
     return pa.concat_tables(scoring_chunks(con, as_of, meta, chunk_users))
 
 
+def campaign_scoring_frame(con: duckdb.DuckDBPyConnection, campaign_id: str, meta: dict):
+    """(scoring_frame as of the campaign's first start, that start): what scoring and its drift
+    gate compare."""
+    start = con.execute("SELECT min(start_ts) FROM campaigns WHERE campaign_id = ?", [campaign_id]).fetchone()[0]
+    if start is None:
+        raise ValueError(f"campaign {campaign_id!r} is not in the validated campaigns table")
+    return scoring_frame(con, start.isoformat(sep=" "), meta), start
+
+
 def scoring_chunks(con: duckdb.DuckDBPyConnection, as_of: str, meta: dict,
                    chunk_users: int = SCORING_CHUNK_USERS) -> Iterator[pa.Table]:
     """scoring_frame's rows, chunk_users users at a time (contiguous ranges of user ids)."""

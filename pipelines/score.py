@@ -30,7 +30,7 @@ def run(settings: Settings, campaign_id: str | None = None, budget: float | None
         store: ObjectStore | None = None) -> dict:
     from campaignops.models.inputs import encode
     from campaignops.pipelines import tracking
-    from campaignops.pipelines.features import attach_arms, campaign_arms, connect, scoring_frame
+    from campaignops.pipelines.features import attach_arms, campaign_arms, campaign_scoring_frame, connect
 
     ws = settings.workspace
     params = settings.params["score"]
@@ -52,8 +52,7 @@ def run(settings: Settings, campaign_id: str | None = None, budget: float | None
         known = sorted(r[0] for r in con.execute("SELECT DISTINCT campaign_id FROM campaigns").fetchall())
         raise ValueError(f"campaign {campaign_id!r} is not in the validated campaigns table; known: {known}")
     ordered = pa.Table.from_pandas(_control_last(arms), preserve_index=False)
-    start = con.execute("SELECT min(start_ts) FROM campaigns WHERE campaign_id = ?", [campaign_id]).fetchone()[0]
-    users = scoring_frame(con, start.isoformat(sep=" "), model.meta)
+    users, start = campaign_scoring_frame(con, campaign_id, model.meta)
     drift = _drift(settings, users, campaign_id, store)  # before scoring: DriftDetected stops the run here
     users = users.append_column("campaign_id", pa.array([campaign_id] * users.num_rows))
     expanded = attach_arms(users, ordered, "user_id", every_arm=True)
