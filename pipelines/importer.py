@@ -36,7 +36,12 @@ attribute rows, i.e. "unknown" to the model.
 
 Without a timestamp column, exposure times are spread deterministically over the window by a
 hash of the user id (or row number): the chain's time-quantile train/valid/holdout split then
-behaves as a seeded random split of the customers. The log has no behaviour events: the events
+behaves as a seeded random split of the customers. For cross-fitting, `holdout_fold=(f, k)`
+deals the users into k folds of equal size (±1 user, by a seeded hash of the id) and spreads fold
+f over the last part of the window, the other folds before it: a time split whose train + valid
+share is `import.holdout_fold.time_quantile` (half a row below the other folds' share, so any
+quantile rounding lands between the two) then holds out exactly fold f, and k imports with
+f = 0..k-1 score every row once, by a model that did not train on it. The log has no behaviour events: the events
 table is written empty and declared so (`empty_by_design`) in the manifest.
 """
 from __future__ import annotations
@@ -284,6 +289,17 @@ def _spread_ms(keys: list[str], salt: str, span_ms: int) -> np.ndarray:
     return out
 
 
+def fold_of(keys: list[str], salt: str, k: int) -> np.ndarray:
+    """Fold 0..k-1 of each key: distinct keys ranked by sha256(salt, key) and dealt into k folds
+    whose sizes differ by at most one key; equal keys share a fold."""
+    uniq, inverse = np.unique(np.asarray(keys, dtype=object).astype(str), return_inverse=True)
+    h = np.array([int.from_bytes(hashlib.sha256(f"{salt}\x1ffold\x1f{u}".encode()).digest()[:8], "big")
+                  for u in uniq], dtype=np.uint64)
+    rank = np.empty(len(uniq), dtype=np.int64)
+    rank[np.argsort(h, kind="stable")] = np.arange(len(uniq))
+    return (rank * k // max(len(uniq), 1))[inverse]
+
+
 def build_tables(m: dict, df: pd.DataFrame) -> tuple[dict[str, pa.Table], dict]:
     """The raw tables (contract schemas) and import statistics for one data frame."""
     n = len(df)
@@ -297,13 +313,24 @@ def build_tables(m: dict, df: pd.DataFrame) -> tuple[dict[str, pa.Table], dict]:
     variant_of = {k: a["variant"] for k, a in m["arms"].items()}
     variant = [CONTROL if v == m["control"] else variant_of.get(v, v) for v in arm_str]
 
+    fold_stats = None
     if m["timestamp"]:
         ts = _ts_array(df[m["timestamp"]])
     else:
         start, end = m["window"]
         span = int((end - start) / pd.Timedelta(milliseconds=1))
-        keys = uid.to_pylist() if m["id"] else rownum
-        offs = _spread_ms([k or r for k, r in zip(keys, rownum)], m.get("spread_salt", m["campaign_id"]), span)
+        keys = [k or r for k, r in zip(uid.to_pylist() if m["id"] else rownum, rownum)]
+        salt = m.get("spread_salt", m["campaign_id"])
+        if m.get("holdout_fold") is None:
+            offs = _spread_ms(keys, salt, span)
+        else:  # fold f after a cut at (k-1)/k of the window, the other folds before it
+            f, k = m["holdout_fold"]
+            held = fold_of(keys, salt, k) == f
+            cut = span * (k - 1) // k
+            offs = np.where(held, cut + _spread_ms(keys, salt, span - cut), _spread_ms(keys, salt, cut))
+            h = int(held.sum())
+            fold_stats = {"fold": f, "k": k, "rows": h, "share": h / n if n else 0.0,
+                          "time_quantile": (n - h - 0.5) / n if n else 0.0}
         ts = pa.array((np.datetime64(start.to_datetime64(), "ms") + offs.astype("timedelta64[ms]")), pa.timestamp("ms"))
     if m["window"] is not None:
         start, end = m["window"]
@@ -373,6 +400,8 @@ def build_tables(m: dict, df: pd.DataFrame) -> tuple[dict[str, pa.Table], dict]:
     stats = {"rows": n, "arms": {str(k): int(v) for k, v in counts.items() if k in declared},
              "undeclared_arms": {str(k): int(v) for k, v in counts.items() if k not in declared},
              "missing_feature_values": missing, "now": pd.Timestamp(now).isoformat()}
+    if fold_stats is not None:
+        stats["holdout_fold"] = fold_stats
     tables = {"users": users, "events": SCHEMAS["events"].empty_table(), "campaigns": campaigns,
               "exposures": exposures, "user_attributes": attrs}
     return tables, stats
@@ -380,10 +409,12 @@ def build_tables(m: dict, df: pd.DataFrame) -> tuple[dict[str, pa.Table], dict]:
 
 def import_file(settings, mapping_path: Path | str, data_path: Path | str, batch: str | None = None,
                 response: str | None = None, store=None, limit: int | None = None,
-                split_seed: int | None = None) -> dict:
+                split_seed: int | None = None, holdout_fold: tuple[int, int] | None = None) -> dict:
     """Map `data_path` with the mapping into raw/<batch>/ (one part per table, the manifest last).
     Returns the manifest. `limit`: first rows only (tests, dry looks). `split_seed`: another
-    spread of exposure times (another random train/valid/holdout split), for repeated splits."""
+    spread of exposure times (another random train/valid/holdout split), for repeated splits.
+    `holdout_fold` (f, k): exposure times put fold f of k last, for cross-fitting (module docstring);
+    needs spread times (no timestamp column)."""
     data_path, mapping_path = Path(data_path), Path(mapping_path)
     if not data_path.is_file():
         raise FileNotFoundError(f"data file {data_path} not found")
@@ -396,6 +427,14 @@ def import_file(settings, mapping_path: Path | str, data_path: Path | str, batch
     batch = str(batch or m["batch"] or data_path.stem)
     if split_seed is not None:
         m["spread_salt"] = f"{m['campaign_id']}#{int(split_seed)}"
+    if holdout_fold is not None:
+        f, k = (int(v) for v in holdout_fold)
+        if not (k >= 2 and 0 <= f < k):
+            raise ValueError(f"holdout_fold {holdout_fold!r}: need (f, k) with k >= 2 and 0 <= f < k")
+        if m["timestamp"]:
+            raise MappingError(f"{mapping_path}: timestamp: holdout_fold needs exposure times spread by the "
+                               "import; this mapping takes them from a column")
+        m["holdout_fold"] = (f, k)
     tables, stats = build_tables(m, df)
     if store is None:
         from campaignops.pipelines.storage import ObjectStore
@@ -428,7 +467,7 @@ def import_file(settings, mapping_path: Path | str, data_path: Path | str, batch
                       "response": m["response"], "revenue": m["revenue"],
                       "exposure_times": "column " + m["timestamp"] if m["timestamp"] else
                       "spread over the campaign window by sha256(campaign id, user id or row)",
-                      "split_seed": split_seed},
+                      "split_seed": split_seed, "holdout_fold": None if holdout_fold is None else list(holdout_fold)},
         "import": stats,
         "tables": entries,
     }

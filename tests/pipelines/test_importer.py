@@ -214,3 +214,81 @@ def test_references_skip_arms_of_a_campaign_absent_from_training(workspace):
                           "responded": [1, 1, 0, 0]})
     refs = evaluate.reference_uplift(workspace, {}, None, frame, np.zeros(4))
     assert refs["arms"] == {} and list(refs["skipped"]) == ["C2/V1"]
+
+
+# --------------------------------------------------------------------------- cross-fitting folds
+
+def test_folds_have_equal_sizes_partition_the_keys_and_keep_a_user_together():
+    keys = [f"u{i % 997}" for i in range(3000)]  # repeated users
+    folds = importer.fold_of(keys, "c", 5)
+    assert (folds == importer.fold_of(keys, "c", 5)).all() and set(folds) == set(range(5))
+    per_user = pd.Series(folds).groupby(pd.Series(keys)).nunique()
+    assert (per_user == 1).all()  # every row of a user in one fold
+    users_per_fold = pd.Series(folds).groupby(pd.Series(keys)).first().value_counts()
+    assert users_per_fold.max() - users_per_fold.min() <= 1
+    assert not (importer.fold_of(keys, "other", 5) == folds).all()  # the salt reshuffles
+
+
+@needs_data
+def test_holdout_fold_puts_its_rows_last_and_k_imports_hold_out_every_row_once():
+    m = importer.load_mapping(MAPPING, COLUMNS)
+    df = pd.read_csv(DATA, dtype=str, nrows=1000)
+    k, held_ids = 4, []
+    for f in range(k):
+        tables, stats = importer.build_tables({**m, "holdout_fold": (f, k)}, df)
+        x = tables["exposures"].to_pandas()
+        held = importer.fold_of(x["user_id"].tolist(), m["campaign_id"], k) == f
+        assert x.loc[held, "exposure_ts"].min() > x.loc[~held, "exposure_ts"].max()
+        assert x["exposure_ts"].min() > m["window"][0] and x["exposure_ts"].max() <= m["window"][1]
+        assert stats["holdout_fold"] == {"fold": f, "k": k, "rows": 250, "share": 0.25, "time_quantile": 749.5 / 1000}
+        held_ids += x.loc[held, "exposure_id"].tolist()
+    assert sorted(held_ids) == sorted(x["exposure_id"])  # every row held out exactly once
+
+
+@needs_data
+def test_holdout_fold_is_the_features_holdout(tmp_path):
+    """Through ingest → validate → features: a time split with the fold's share holds out exactly that fold."""
+    from campaignops.config import Settings
+
+    data = tmp_path / "slice.csv"
+    pd.read_csv(DATA, dtype=str, nrows=300).to_csv(data, index=False)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    q = importer.build_tables({**importer.load_mapping(MAPPING, COLUMNS), "holdout_fold": (2, 3)},
+                              pd.read_csv(data, dtype=str))[1]["holdout_fold"]["time_quantile"]
+    assert 199 < q * 300 < 200  # between the other folds' last row and the fold's first
+    params["features"]["split"] = {"train": 0.5, "valid": q - 0.5}
+    params["stack"]["bucket"] = "campaignops-fold"  # own volume history, apart from the module's chain fixture
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    settings = Settings(workspace=tmp_path, state_dir=tmp_path / ".state",
+                        env={"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"})
+    mp = pytest.MonkeyPatch()
+    for k, v in settings.env.items():
+        mp.setenv(k, v)
+    try:
+        with mock_aws():
+            store = ObjectStore(settings, client=boto3.client("s3", region_name="us-east-1"))
+            store.client.create_bucket(Bucket=settings.bucket)
+            manifest = importer.import_file(settings, MAPPING, data, batch="fold", store=store, holdout_fold=(2, 3))
+            ingest.ingest(settings, batch="fold", store=store)
+            validate.run(settings, store=store)
+            features.build(settings, store=store)
+    finally:
+        mp.undo()
+    assert manifest["import"]["holdout_fold"] == {"fold": 2, "k": 3, "rows": 100, "share": 100 / 300, "time_quantile": q}
+    from campaignops.pipelines.privacy import id_salt, pseudonymize
+
+    hold = pq.read_table(settings.workspace / layout.FEATURES_DIR / "holdout.parquet", columns=["exposure_id"])
+    fold = importer.fold_of([f"r{i:07d}" for i in range(300)], "hillstrom_2008", 3) == 2
+    salt = id_salt(settings)
+    assert sorted(hold.column("exposure_id").to_pylist()) == sorted(
+        pseudonymize(salt, f"hillstrom_2008-r{i:07d}", "x") for i in np.flatnonzero(fold))
+
+
+def test_holdout_fold_needs_a_valid_fold_and_spread_times(tmp_path):
+    data = tmp_path / "log.csv"
+    pd.DataFrame({c: ["1"] for c in COLUMNS} | {"segment": ["No E-Mail"], "ts": ["2008-03-02"]}).to_csv(data, index=False)
+    with pytest.raises(ValueError, match="0 <= f < k"):
+        importer.import_file(None, MAPPING, data, holdout_fold=(3, 3))
+    timed = _mapping(tmp_path, _set("timestamp", "ts"))
+    with pytest.raises(importer.MappingError, match="timestamp: holdout_fold needs exposure times spread"):
+        importer.import_file(None, timed, data, holdout_fold=(0, 3))
