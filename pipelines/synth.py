@@ -48,7 +48,6 @@ NOW = datetime(2026, 6, 1)          # the world's scoring time (naive UTC), fixe
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 CHUNK_USERS = 50_000
-EXPOSURE_SHARE = 0.6                # share of users exposed to each past campaign
 CAMPAIGN_DAYS = 7
 CAMPAIGN_SPAN_DAYS = 60             # past campaigns start within the last ~60 days
 RECENT_DAYS = 14                    # window of the recency term of the true response
@@ -58,6 +57,7 @@ REGIONS = ("north", "south", "east", "west", "central", "coastal")
 OCCUPATIONS = ("student", "professional", "service", "manual", "self_employed", "retired")
 OCC_PS_SHIFT = np.array([0.15, -0.12, 0.05, 0.05, -0.05, 0.08])  # price-sensitivity shift
 TRUTH_TABLE = "_truth"
+ATTRIBUTES_TABLE = "user_attributes"
 
 
 # --------------------------------------------------------------------------- stores
@@ -211,6 +211,10 @@ def make_campaigns(rng: np.random.Generator, n_past: int, n_variants: int, n_cat
     out = []
     top = max(1, min(4, n_categories))
     span = CAMPAIGN_SPAN_DAYS - CAMPAIGN_DAYS - 1
+    # Past arms cycle through every channel (a shuffled round-robin), so each channel the team
+    # sends on has a history; the upcoming campaign draws its channels freely.
+    cycle = -(-n_past * n_variants // len(CHANNELS))
+    past_channels = np.concatenate([rng.permutation(len(CHANNELS)) for _ in range(cycle)])
     offsets = np.linspace(0, span, n_past) if n_past > 1 else np.array([span / 2])
     for c in range(n_past + 1):
         cid = f"C{c + 1:03d}"
@@ -232,7 +236,8 @@ def make_campaigns(rng: np.random.Generator, n_past: int, n_variants: int, n_cat
                 dr = float(np.round(rng.uniform(0.0, 0.15) / 0.05) * 0.05)
             else:
                 dr = 0.0
-            channel = CHANNELS[int(rng.integers(len(CHANNELS)))]
+            channel = CHANNELS[int(past_channels[c * n_variants + v])] if c < n_past else \
+                CHANNELS[int(rng.integers(len(CHANNELS)))]
             target = int(rng.integers(top)) if typ == "bundle" else int(rng.integers(n_categories))
             cost = round(CHANNEL_COST[channel] + 0.6 * dr + float(rng.uniform(0, 0.03)), 3)
             arms.append(Arm(cid, f"{cid}-V{v + 1}", typ, round(dr, 2), channel, target, cost))
@@ -266,6 +271,8 @@ class World:
     control_share: float
     campaigns: list[Campaign]
     id_width: int
+    crm_attributes: bool = True
+    exposure_share: float = 0.6     # share of users exposed to each past campaign
 
     @property
     def hist_start(self) -> int:
@@ -381,6 +388,33 @@ def _events(rng: np.random.Generator, w: World, u: Users, lo: np.ndarray):
         _ts_array(ts),
     ], schema=SCHEMAS["events"])
     return table, ui, ts
+
+
+# CRM attributes (the optional raw table user_attributes), noisy consequences of the latent
+# preferred channel, known from signup: P(flag = 1 | preferred channel in `pref`) vs otherwise.
+CRM_FLAGS = (                                   # name, preferred channels, p if preferred, p otherwise
+    ("app_installed", ("push", "app"), 0.9, 0.3),
+    ("push_opt_in", ("push",), 0.85, 0.3),
+    ("email_opt_in", ("email",), 0.95, 0.55),
+    ("sms_opt_in", ("sms",), 0.85, 0.2),
+)
+
+
+def _attributes(rng: np.random.Generator, w: World, u: Users) -> pa.Table:
+    """One row per user and CRM flag (value_num 0/1, as_of = signup)."""
+    names, values = [], []
+    for name, chans, p_in, p_out in CRM_FLAGS:
+        hit = np.isin(u.pref, [CHANNELS.index(c) for c in chans])
+        values.append((rng.random(u.n) < np.where(hit, p_in, p_out)).astype(np.float64))
+        names.append(name)
+    k = len(names)
+    return pa.Table.from_arrays([
+        _fixed_strings(["u", (np.repeat(u.number, k), w.id_width)], u.n * k),
+        pa.array(np.tile(names, u.n), pa.string()),
+        _ts_array(np.repeat(u.signup, k)),
+        pa.array(np.stack(values, axis=1).reshape(-1), pa.float64()),
+        pa.nulls(u.n * k, pa.string()),
+    ], schema=SCHEMAS["user_attributes"])
 
 
 class _Recency:
@@ -511,7 +545,7 @@ def _chunk(rng: np.random.Generator, w: World, first: int, n: int, stats: _Stats
             t = np.full(n, w.now_ms, dtype=np.int64)
         else:
             t_all = camp.start_ms + np.floor(rng.random(n) * (camp.end_ms - camp.start_ms + 1)).astype(np.int64)
-            exposed = (rng.random(n) < EXPOSURE_SHARE) & (u.signup < t_all)
+            exposed = (rng.random(n) < w.exposure_share) & (u.signup < t_all)
             ui = np.flatnonzero(exposed)
             t = t_all[ui]
         m, n_arms = len(ui), len(camp.arms)
@@ -544,7 +578,10 @@ def _chunk(rng: np.random.Generator, w: World, first: int, n: int, stats: _Stats
             pa.array(p.reshape(-1), pa.float64()), pa.array(np.round(er.reshape(-1), 4), pa.float64()),
         ], schema=TRUTH_SCHEMA))
     exposures = pa.concat_tables(exp_parts) if exp_parts else SCHEMAS["exposures"].empty_table()
-    return {"users": users, "events": events, "exposures": exposures, TRUTH_TABLE: pa.concat_tables(truth_parts)}
+    out = {"users": users, "events": events, "exposures": exposures, TRUTH_TABLE: pa.concat_tables(truth_parts)}
+    if w.crm_attributes:   # drawn last: the other tables do not depend on whether it is written
+        out[ATTRIBUTES_TABLE] = _attributes(rng, w, u)
+    return out
 
 
 # --------------------------------------------------------------------------- entry point
@@ -577,7 +614,9 @@ def generate(settings: Settings, users: int | None = None, seed: int | None = No
                                int(p["variants_per_campaign"]), int(p["n_categories"]), now_ms)
     w = World(now_ms=now_ms, history_ms=int(p["history_days"]) * DAY_MS, events_per_user=float(p["events_per_user"]),
               n_categories=int(p["n_categories"]), control_share=float(p["control_share"]), campaigns=campaigns,
-              id_width=max(7, len(str(users))))
+              id_width=max(7, len(str(users))), crm_attributes=bool(p.get("crm_attributes", True)),
+              exposure_share=float(p.get("exposure_share", 0.6)))
+    tables = (*TABLES, ATTRIBUTES_TABLE) if w.crm_attributes else TABLES
     cats = categories(w.n_categories)
     stats = _Stats(campaigns)
 
@@ -585,7 +624,7 @@ def generate(settings: Settings, users: int | None = None, seed: int | None = No
     store.delete_prefix(layout.raw_manifest_key(batch))
     store.delete_prefix(f"raw/{batch}/")
 
-    files: dict[str, list[str]] = {t: [] for t in (*TABLES, TRUTH_TABLE)}
+    files: dict[str, list[str]] = {t: [] for t in (*tables, TRUTH_TABLE)}
     rows: dict[str, int] = {t: 0 for t in files}
     tmpdir = Path(tempfile.mkdtemp(prefix="synth-"))
 
@@ -610,8 +649,8 @@ def generate(settings: Settings, users: int | None = None, seed: int | None = No
                 first = i * chunk_size
                 n = min(chunk_size, users - first)
                 parts = _chunk(np.random.default_rng(cs), w, first, n, stats)
-                for table in ("users", "events", "exposures", TRUTH_TABLE):
-                    put(table, parts[table])
+                for table, data in parts.items():
+                    put(table, data)
                 del parts
                 bar.advance(task, n)
     finally:
@@ -628,8 +667,9 @@ def generate(settings: Settings, users: int | None = None, seed: int | None = No
         "generator": {"name": "campaignops.pipelines.synth", "chunk_size": chunk_size,
                       "history_days": int(p["history_days"]), "events_per_user": w.events_per_user,
                       "n_categories": w.n_categories, "control_share": w.control_share,
-                      "exposure_share": EXPOSURE_SHARE},
-        "tables": {t: {"files": files[t], "rows": rows[t]} for t in TABLES},
+                      "exposure_share": w.exposure_share,
+                      "n_past_campaigns": len(campaigns) - 1, "crm_attributes": w.crm_attributes},
+        "tables": {t: {"files": files[t], "rows": rows[t]} for t in tables},
         "truth": {"files": files[TRUTH_TABLE], "rows": rows[TRUTH_TABLE],
                   "stats": stats.summary(upcoming.campaign_id)},
     }

@@ -104,7 +104,9 @@ def test_gates_pass_on_a_fresh_draw_of_the_same_world(worlds):
         assert report["report_uri"] == store.uri(key) and store.get_json(key)["check_id"] == report["check_id"]
         assert (b.workspace / layout.REPORTS_DIR / f"drift_{stage}.html").read_text().count("<tr") > 10
     # the campaign calendar differs between draws: exempt features moved but did not block
-    assert trained["features"]["channel"]["psi"] > 0.2 and trained["features"]["channel"]["status"] == "exempt"
+    moved = {f for f, r in trained["features"].items() if r["psi"] > 0.2}
+    assert moved & {"type", "channel", "target_category"}, trained["features"]
+    assert all(trained["features"][f]["status"] == "exempt" for f in moved)
     assert scored["reference"]["population"] == "profile" and trained["reference"]["population"] == "train"
 
 
@@ -214,7 +216,10 @@ def test_scoring_manifest_entry_points_at_the_report(worlds):
     entry = score._drift(b, users, campaign_id, store)
     assert entry["status"] == "passed" and entry["reference_model_version"] == "1"
     assert entry["report_uri"] == store.uri(layout.drift_prefix("score", "8", entry["check_id"]) + "report.json")
-    assert entry["report_path"] == "reports/drift_score.json" and "resp_rate_push" in entry["exempt_over_threshold"]
+    assert entry["report_path"] == "reports/drift_score.json"
+    report = _report(b, "score")   # the calendar-driven features that moved are listed, not hidden
+    moved = sorted(f for f, r in report["features"].items() if r["status"] == "exempt" and r["psi"] > r["max_psi"])
+    assert sorted(entry["exempt_over_threshold"]) == moved
 
 
 def test_cli_exits_nonzero_on_a_blocking_breach(monkeypatch):

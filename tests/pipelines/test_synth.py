@@ -15,7 +15,8 @@ from moto import mock_aws
 from campaignops.config import Settings
 from campaignops.pipelines import layout, synth
 from campaignops.pipelines.storage import ObjectStore
-from campaignops.validation.contract import CONTROL, EVENT_TYPES, SCHEMAS, TABLES, TRUTH_SCHEMA
+from campaignops.validation.contract import ALL_TABLES as TABLES  # the synthetic world writes the optional table too
+from campaignops.validation.contract import CHANNELS, CONTROL, EVENT_TYPES, SCHEMAS, TRUTH_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[2]
 USERS, CHUNK, SEED = 2000, 1000, 11
@@ -90,7 +91,7 @@ def test_every_part_has_the_contract_schema(world, store):
         assert k.startswith(layout.truth_prefix("t1"))
         assert store.read_table(k).schema.remove_metadata().equals(TRUTH_SCHEMA), k
     # one part per chunk for the per-user tables
-    for t in ("users", "events", "exposures"):
+    for t in ("users", "events", "exposures", "user_attributes"):
         assert [k.rsplit("/", 1)[1] for k in m["tables"][t]["files"]] == ["part-00000.parquet", "part-00001.parquet"]
 
 
@@ -150,7 +151,38 @@ def test_local_store_writes_the_same_world(settings, tmp_path, world):
     assert local.get_json(layout.raw_manifest_key("t1"))["tables"] == world["manifest"]["tables"]
 
 
+def test_crm_attributes_are_optional_and_leave_the_other_tables_alone(settings, store, world, tmp_path):
+    params = {**settings.params, "data": {**settings.params["data"], "crm_attributes": False}}
+    off = Settings(workspace=settings.workspace, state_dir=settings.state_dir, env=settings.env)
+    off.__dict__["params"] = params
+    m = synth.generate(off, users=USERS, seed=SEED, batch="t1-noattr", store=store, progress=False, chunk_size=CHUNK)
+    assert "user_attributes" not in m["tables"] and not store.list_keys("raw/t1-noattr/user_attributes/")
+    for t in ("users", "events", "campaigns", "exposures"):
+        assert read(store, m["tables"][t]["files"]).equals(world["tables"][t]), t
+    assert read(store, m["truth"]["files"]).equals(world["truth"])
+
+
 # --------------------------------------------------------------------------- content
+
+def test_crm_attributes_one_flag_per_user_from_signup(world):
+    users, attrs = df(world, "users"), df(world, "user_attributes")
+    names = {name for name, *_ in synth.CRM_FLAGS}
+    assert len(attrs) == len(users) * len(names) and set(attrs.name) == names
+    assert not attrs.duplicated(["user_id", "name"]).any() and set(attrs.user_id) == set(users.user_id)
+    assert set(attrs.value_num) == {0.0, 1.0} and attrs.value_str.isna().all()
+    signup = attrs.merge(users[["user_id", "signup_ts"]], on="user_id")
+    assert (signup.as_of == signup.signup_ts).all()
+    # push needs the app: users who opted into push mostly have it installed (both follow the
+    # latent preferred channel), so the flags are correlated, not independent coin flips
+    wide = attrs.pivot(index="user_id", columns="name", values="value_num")
+    assert wide.corr().loc["push_opt_in", "app_installed"] > 0.1
+
+
+def test_past_campaigns_send_on_every_channel(world):
+    m = world["manifest"]
+    camps = df(world, "campaigns")
+    past = camps[camps.campaign_id != m["upcoming_campaign_id"]]
+    assert set(past.channel) == set(CHANNELS)
 
 def test_values_keys_and_event_mix(world, settings):
     users, events, exposures = df(world, "users"), df(world, "events"), df(world, "exposures")
