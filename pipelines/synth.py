@@ -8,6 +8,9 @@ The world (latent traits are never written, only their consequences and the trut
   history, a preferred channel (correlated with age) and a base propensity;
 - events follow the interest active at their time, purchases follow carts (abandonment),
   reviews follow purchases, prices follow price sensitivity;
+- CRM flags (app installed, push / e-mail / SMS opt-in; the optional table user_attributes,
+  `data.crm_attributes`) are noisy consequences of the preferred channel, known from signup;
+- past campaigns' arms cycle through every channel, so each channel has a send history;
 - the true response logit of a user to an arm at time t is
       base + 0.45·(log1p(#events in the 14 days before t) − 1.3) − 0.05·[sent]
       + channel_multiplier · arm_term,
