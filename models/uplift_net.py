@@ -21,7 +21,8 @@ and "revenue" (expected revenue / revenue_scale). Architecture (sizes in params.
 Only built-in Keras layers are used, so the saved .keras file loads without custom objects
 (the pyfunc wrapper loads it with plain keras.saving.load_model).
 `sequence=False` builds the same network without the sequence encoder (the non-sequence MLP
-baseline of models/baselines.py)."""
+baseline of models/baselines.py). `average` wraps several fitted networks (an ensemble of seeds)
+into one model of the same inputs whose outputs are the members' mean."""
 from __future__ import annotations
 
 DEFAULTS = {
@@ -43,7 +44,8 @@ def _p(params: dict, key: str):
     return params.get(key, DEFAULTS[key])
 
 
-def build_model(meta: dict, params: dict, n_profile: int, n_variant: int, sequence: bool = True):
+def build_model(meta: dict, params: dict, n_profile: int, n_variant: int, sequence: bool = True,
+                name: str | None = None):
     import keras
     from keras import layers
 
@@ -124,7 +126,7 @@ def build_model(meta: dict, params: dict, n_profile: int, n_variant: int, sequen
     revenue = layers.Multiply(name="revenue")([response, basket])
     inputs = [seq_in, pos_in, *channel_in.values(), profile_in, variant_in] if sequence else [profile_in, variant_in]
     model = keras.Model(inputs, [response, revenue],
-                        name="campaign_response" if sequence else "campaign_response_noseq")
+                        name=name or ("campaign_response" if sequence else "campaign_response_noseq"))
     model.compile(
         optimizer=keras.optimizers.Adam(float(_p(params, "learning_rate"))),
         loss={"response": "binary_crossentropy", "revenue": "mse"},
@@ -134,9 +136,56 @@ def build_model(meta: dict, params: dict, n_profile: int, n_variant: int, sequen
     return model
 
 
-def fit_network(model, params: dict, x_train, y_train, rev_train, x_valid, y_valid, rev_valid):
+def average(members: list):
+    """One Keras model taking the members' inputs whose outputs "response" and "revenue" are the
+    means of the members' (members built with distinct names); a single member is returned as is.
+    Built-in layers only, so it saves and loads like one network."""
+    if len(members) == 1:
+        return members[0]
+    import keras
+    from keras import layers
+
+    inputs = [keras.Input(t.shape[1:], dtype=t.dtype, name=t.name.split(":")[0]) for t in members[0].inputs]
+    outs = [m(inputs) for m in members]
+    response = layers.Average(name="response")([o[0] for o in outs])
+    revenue = layers.Average(name="revenue")([o[1] for o in outs])
+    return keras.Model(inputs, [response, revenue], name="campaign_response_ensemble")
+
+
+def mean_qini(frame, p) -> float:
+    """Mean over treatment arms of the Qini coefficient of p(arm) − p(control) on the exposures
+    logged at that arm or its campaign's control. `frame`: one row per (exposure, arm scored) with
+    exposure_id, campaign_id, variant_id (logged), arm_id, responded; `p` aligned with it."""
+    import numpy as np
+    import pandas as pd
+
+    from campaignops.models.metrics import qini_auc_score
+    from campaignops.validation.contract import CONTROL
+
+    f = pd.DataFrame({"exposure_id": np.asarray(frame["exposure_id"]), "arm_id": np.asarray(frame["arm_id"]),
+                      "p": np.asarray(p, dtype=np.float64)})
+    wide = f.pivot(index="exposure_id", columns="arm_id", values="p")
+    logged = pd.DataFrame({c: np.asarray(frame[c]) for c in ("exposure_id", "campaign_id", "variant_id", "responded")})
+    logged = logged.drop_duplicates("exposure_id").set_index("exposure_id")
+    out = []
+    for (cid, variant), _ in logged[logged["variant_id"] != CONTROL].groupby(["campaign_id", "variant_id"]):
+        rows = logged[(logged["campaign_id"] == cid) & logged["variant_id"].isin([variant, CONTROL])]
+        t = (rows["variant_id"] == variant).to_numpy().astype(int)
+        if variant not in wide or CONTROL not in wide or t.min() == t.max():
+            continue
+        u = (wide.loc[rows.index, variant] - wide.loc[rows.index, CONTROL]).to_numpy()
+        if np.isfinite(u).all():
+            out.append(qini_auc_score(rows["responded"].to_numpy().astype(int), u, t))
+    return float(np.mean(out)) if out else float("nan")
+
+
+def fit_network(model, params: dict, x_train, y_train, rev_train, x_valid, y_valid, rev_valid,
+                uplift_valid: tuple | None = None):
     """Fit with early stopping (params: epochs, batch_size, patience, early_stopping_monitor);
-    revenue targets are already divided by revenue_scale. Returns the Keras History."""
+    revenue targets are already divided by revenue_scale. Returns the Keras History.
+    `uplift_valid` (encoded inputs, frame) of the validation exposures scored under every arm of
+    their campaign (frame as mean_qini's) adds `val_qini` to the epoch logs, which
+    early_stopping_monitor may name."""
     import keras
     import numpy as np
 
@@ -144,15 +193,28 @@ def fit_network(model, params: dict, x_train, y_train, rev_train, x_valid, y_val
 
     x_train, x_valid = select_inputs(model, x_train), select_inputs(model, x_valid)
     monitor = params.get("early_stopping_monitor", "val_response_auc")
+    if monitor == "val_qini" and uplift_valid is None:
+        raise ValueError("early_stopping_monitor val_qini needs the validation rows under every arm (uplift_valid)")
+    callbacks = []
+    if uplift_valid is not None:
+        inputs, frame = uplift_valid
+
+        class ValidQini(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if logs is not None:
+                    logs["val_qini"] = mean_qini(frame, predict(self.model, inputs)[0])
+
+        callbacks.append(ValidQini())
     f32 = lambda a: np.asarray(a, dtype=np.float32)  # noqa: E731
+    callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor,
+                                                   mode="max" if monitor.endswith(("auc", "qini")) else "min",
+                                                   patience=int(params.get("patience", 3)), restore_best_weights=True))
     return model.fit(
         x_train, {"response": f32(y_train), "revenue": f32(rev_train)},
         validation_data=(x_valid, {"response": f32(y_valid), "revenue": f32(rev_valid)}),
         epochs=int(params.get("epochs", 20)),
         batch_size=int(params.get("batch_size", 512)),
-        callbacks=[keras.callbacks.EarlyStopping(monitor=monitor, mode="max" if monitor.endswith("auc") else "min",
-                                                 patience=int(params.get("patience", 3)),
-                                                 restore_best_weights=True)],
+        callbacks=callbacks,
         shuffle=True,
         verbose=int(params.get("verbose", 0)),
     )

@@ -39,7 +39,7 @@ def run(settings: Settings) -> dict:
     from campaignops.models.metrics import auc, log_loss
     from campaignops.models.pyfunc import CampaignResponseModel
     from campaignops.models.baselines import save_all, train_baselines
-    from campaignops.models.uplift_net import build_model, fit_network, predict
+    from campaignops.models.uplift_net import average, build_model, fit_network, predict
     from campaignops.pipelines import tracking
 
     params = settings.params["train"]
@@ -57,21 +57,39 @@ def run(settings: Settings) -> dict:
     revenue_scale = float(rev_train[rev_train > 0].mean()) if (rev_train > 0).any() else 1.0
     meta = {**meta, "revenue_scale": revenue_scale}
 
-    model = build_model(meta, params, x_train["profile"].shape[1], x_train["variant"].shape[1])
-    model.get_layer("profile_norm").adapt(x_train["profile"])
-    t0 = time.perf_counter()
+    # train.ensemble: that many networks fitted with seeds seed, seed+1, ..., averaged into one model.
+    n_members = int(params.get("ensemble", 1))
+    if n_members < 1:
+        raise ValueError(f"params train.ensemble: need >= 1 network, got {n_members}")
     rev_valid = valid.column("revenue").to_numpy()
-    history = fit_network(model, {**params, "verbose": 2}, x_train, y_train, rev_train / revenue_scale,
-                          x_valid, y_valid, rev_valid / revenue_scale)
+    uplift_valid = None
+    if params.get("early_stopping_monitor") == "val_qini":  # validation exposures under every arm
+        arms_valid = load_split(settings, "valid", every_arm=True)
+        uplift_valid = (encode(arms_valid, meta), arms_valid.select(
+            ["exposure_id", "campaign_id", "variant_id", "arm_id", "responded"]).to_pandas())
+    members, histories = [], []
+    t0 = time.perf_counter()
+    for i in range(n_members):
+        if i:
+            seed_everything(int(params["seed"]) + i)
+        member = build_model(meta, params, x_train["profile"].shape[1], x_train["variant"].shape[1],
+                             name=f"campaign_response_{i}" if n_members > 1 else None)
+        member.get_layer("profile_norm").adapt(x_train["profile"])
+        histories.append(fit_network(member, {**params, "verbose": 2}, x_train, y_train, rev_train / revenue_scale,
+                                     x_valid, y_valid, rev_valid / revenue_scale, uplift_valid))
+        members.append(member)
     train_seconds = time.perf_counter() - t0
+    model, history = average(members), histories[0]
+    epochs = sum(len(h.history["loss"]) for h in histories)
     p_valid = predict(model, x_valid)[0]
     metrics = {
         "valid_auc": auc(y_valid, p_valid),
         "valid_logloss": log_loss(y_valid, p_valid),
         "train_seconds": train_seconds,
-        "train_rows_per_s": len(y_train) * len(history.history["loss"]) / train_seconds,
+        "train_rows_per_s": len(y_train) * epochs / train_seconds,
         "train_rows": len(y_train),
-        "epochs_run": len(history.history["loss"]),
+        "epochs_run": epochs,
+        "ensemble_members": n_members,
     }
     # Baselines on the same split (models/baselines.py); evaluate.py scores them on the holdout.
     # Reference points, not the product: beyond baseline_max_rows they fit on a seeded sample.
