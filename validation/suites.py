@@ -345,7 +345,10 @@ def sql_predicates(table: str, now: datetime, rel: str, max_len: int = MAX_STRIN
             body = kw["regex"].removeprefix("^").removesuffix("$")
             pred = f"{present(c)} AND NOT regexp_full_match({_q(c)}, {_sql_literal(body + chr(10) + '?')})"
         elif name == "ExpectColumnValuesToBeUnique":
-            pred = f'{_q(c)} IN (SELECT "{c}" FROM {rel} GROUP BY ALL HAVING count(*) > 1)'
+            # Hashes first (8 bytes a row, not the string): only rows whose hash repeats are
+            # grouped by value, so 40M distinct ids fit the step's memory limit.
+            pred = (f'{_q(c)} IN (SELECT "{c}" FROM {rel} WHERE hash("{c}") IN '
+                    f'(SELECT hash("{c}") FROM {rel} GROUP BY ALL HAVING count(*) > 1) GROUP BY ALL HAVING count(*) > 1)')
         elif name == "ExpectCompoundColumnsToBeUnique":
             cols = kw["column_list"]
             sel = ", ".join(f'"{k}"' for k in cols)
