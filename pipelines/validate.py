@@ -609,7 +609,8 @@ def check_volume(history: dict, table: str, batch: str, rows_in: int, lo: float,
         return {"status": "first", "rows_in": rows_in, "note": f"no previous batch of {table} on record: "
                 "volume not checked (first batch); this batch becomes the reference"}
     prev = previous[-1]
-    ratio = rows_in / prev["rows_in"] if prev["rows_in"] else float("inf")
+    # 0 after 0 (a table empty by design in both batches) is no change; rows after 0 is unbounded
+    ratio = rows_in / prev["rows_in"] if prev["rows_in"] else (1.0 if rows_in == 0 else float("inf"))
     ok = lo <= ratio <= hi
     out = {"status": "ok" if ok else "failed", "rows_in": rows_in, "previous_batch": prev["batch"],
            "previous_rows_in": prev["rows_in"], "ratio": round(ratio, 4), "band": [lo, hi]}

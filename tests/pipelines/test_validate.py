@@ -296,6 +296,13 @@ def test_volume_band_against_previous_batch(s3):
         run_batch("v3", 40)
 
 
+def test_volume_of_a_table_empty_in_both_batches_is_unchanged():
+    hist = {"tables": {"events": [{"batch": "a", "rows_in": 0}]}}
+    assert validate.check_volume(hist, "events", "b", 0, 0.5, 2.0)["status"] == "ok"
+    grown = validate.check_volume(hist, "events", "b", 10, 0.5, 2.0)
+    assert grown["status"] == "failed" and "events.rows.volume" in grown["message"]
+
+
 def test_csv_parts_are_read_with_contract_types_and_bad_ones_named(s3):
     settings, store = s3
     import pyarrow.csv as pacsv
