@@ -69,13 +69,25 @@ def data_generate(users: Optional[int] = typer.Option(None, help="number of user
 def data_import(datafile: str = typer.Argument(..., help="the campaign log: CSV or parquet"),
                 mapping: str = typer.Option(..., "--mapping", help="mapping YAML (e.g. validation/mappings/hillstrom.yaml)"),
                 batch: Optional[str] = typer.Option(None, help="batch id (default: the mapping's batch)"),
-                response: Optional[str] = typer.Option(None, help="response column (default: the mapping's)")) -> None:
+                response: Optional[str] = typer.Option(None, help="response column (default: the mapping's)"),
+                holdout_fold: Optional[str] = typer.Option(
+                    None, help="F/K: spread exposure times so fold F of K users is the holdout (cross-fitting; "
+                               "set features.split train+valid to the printed time_quantile)")) -> None:
     """Map a randomized campaign log into a raw batch raw/<batch>/ as the mapping declares."""
     from campaignops.pipelines import importer
 
+    fold = None
+    if holdout_fold is not None:
+        try:
+            f, k = (int(v) for v in holdout_fold.split("/"))
+        except ValueError:
+            console.print(f"[red]--holdout-fold must be F/K (e.g. 0/5), got {holdout_fold!r}[/]")
+            raise typer.Exit(2)
+        fold = (f, k)
     try:
-        manifest = importer.import_file(load_settings(), mapping, datafile, batch=batch, response=response)
-    except importer.MappingError as exc:
+        manifest = importer.import_file(load_settings(), mapping, datafile, batch=batch, response=response,
+                                        holdout_fold=fold)
+    except (importer.MappingError, ValueError) as exc:
         console.print(f"[red]mapping error:[/] {exc}")
         raise typer.Exit(2)
     _print({"batch": manifest["batch"], "tables": {t: v["rows"] for t, v in manifest["tables"].items()},

@@ -292,3 +292,12 @@ def test_holdout_fold_needs_a_valid_fold_and_spread_times(tmp_path):
     timed = _mapping(tmp_path, _set("timestamp", "ts"))
     with pytest.raises(importer.MappingError, match="timestamp: holdout_fold needs exposure times spread"):
         importer.import_file(None, timed, data, holdout_fold=(0, 3))
+
+
+def test_cli_rejects_a_malformed_holdout_fold(tmp_path):
+    from typer.testing import CliRunner
+
+    from campaignops import cli
+
+    out = CliRunner().invoke(cli.app, ["data", "import", "--mapping", "m.yaml", "--holdout-fold", "2-5", "x.csv"])
+    assert out.exit_code == 2 and "F/K" in out.output
