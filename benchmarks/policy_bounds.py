@@ -47,7 +47,8 @@ def main() -> None:
     world_seed, chunks_seed = np.random.SeedSequence(seed).spawn(2)
     n_cat = int(p["n_categories"])
     camps = S.make_campaigns(np.random.default_rng(world_seed), int(p["n_past_campaigns"]),
-                             int(p["variants_per_campaign"]), n_cat, now)
+                             int(p["variants_per_campaign"]), n_cat, now,
+                             cover_channels=bool(p.get("channel_coverage", False)))
     w = S.World(now, int(p["history_days"]) * S.DAY_MS, float(p["events_per_user"]), n_cat,
                 float(p["control_share"]), camps, max(7, len(str(a.users))))
     rng = np.random.default_rng(chunks_seed.spawn(1)[0])

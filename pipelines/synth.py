@@ -10,7 +10,8 @@ The world (latent traits are never written, only their consequences and the trut
   reviews follow purchases, prices follow price sensitivity;
 - CRM flags (app installed, push / e-mail / SMS opt-in; the optional table user_attributes,
   `data.crm_attributes`) are noisy consequences of the preferred channel, known from signup;
-- past campaigns' arms cycle through every channel, so each channel has a send history;
+- with `data.channel_coverage`, past campaigns' arms cycle through every channel, so each
+  channel has a send history (otherwise channels are drawn per arm);
 - the true response logit of a user to an arm at time t is
       base + 0.45·(log1p(#events in the 14 days before t) − 1.3) − 0.05·[sent]
       + channel_multiplier · arm_term,
@@ -208,16 +209,19 @@ CHANNEL_COST = {"email": 0.05, "push": 0.05, "app": 0.08, "sms": 0.15}
 
 
 def make_campaigns(rng: np.random.Generator, n_past: int, n_variants: int, n_categories: int,
-                   now_ms: int) -> list[Campaign]:
+                   now_ms: int, cover_channels: bool = False) -> list[Campaign]:
     """n_past campaigns inside the last ~60 days (each ~7 days, ending before now) plus one
     upcoming campaign starting at now (the last one)."""
     out = []
     top = max(1, min(4, n_categories))
     span = CAMPAIGN_SPAN_DAYS - CAMPAIGN_DAYS - 1
-    # Past arms cycle through every channel (a shuffled round-robin), so each channel the team
-    # sends on has a history; the upcoming campaign draws its channels freely.
-    cycle = -(-n_past * n_variants // len(CHANNELS))
-    past_channels = np.concatenate([rng.permutation(len(CHANNELS)) for _ in range(cycle)])
+    # cover_channels: past arms cycle through every channel (a shuffled round-robin), so each
+    # channel the team sends on has a history; otherwise (and for the upcoming campaign) every arm
+    # draws its channel freely, and a later campaign may use a channel no earlier one did.
+    past_channels = None
+    if cover_channels:
+        cycle = -(-n_past * n_variants // len(CHANNELS))
+        past_channels = np.concatenate([rng.permutation(len(CHANNELS)) for _ in range(cycle)])
     offsets = np.linspace(0, span, n_past) if n_past > 1 else np.array([span / 2])
     for c in range(n_past + 1):
         cid = f"C{c + 1:03d}"
@@ -239,7 +243,7 @@ def make_campaigns(rng: np.random.Generator, n_past: int, n_variants: int, n_cat
                 dr = float(np.round(rng.uniform(0.0, 0.15) / 0.05) * 0.05)
             else:
                 dr = 0.0
-            channel = CHANNELS[int(past_channels[c * n_variants + v])] if c < n_past else \
+            channel = CHANNELS[int(past_channels[c * n_variants + v])] if past_channels is not None and c < n_past else \
                 CHANNELS[int(rng.integers(len(CHANNELS)))]
             target = int(rng.integers(top)) if typ == "bundle" else int(rng.integers(n_categories))
             cost = round(CHANNEL_COST[channel] + 0.6 * dr + float(rng.uniform(0, 0.03)), 3)
@@ -274,7 +278,7 @@ class World:
     control_share: float
     campaigns: list[Campaign]
     id_width: int
-    crm_attributes: bool = True
+    crm_attributes: bool = False
     exposure_share: float = 0.6     # share of users exposed to each past campaign
 
     @property
@@ -614,10 +618,11 @@ def generate(settings: Settings, users: int | None = None, seed: int | None = No
     world_seed, chunks_seed = seeds.spawn(2)
     n_chunks = math.ceil(users / chunk_size)
     campaigns = make_campaigns(np.random.default_rng(world_seed), int(p["n_past_campaigns"]),
-                               int(p["variants_per_campaign"]), int(p["n_categories"]), now_ms)
+                               int(p["variants_per_campaign"]), int(p["n_categories"]), now_ms,
+                               cover_channels=bool(p.get("channel_coverage", False)))
     w = World(now_ms=now_ms, history_ms=int(p["history_days"]) * DAY_MS, events_per_user=float(p["events_per_user"]),
               n_categories=int(p["n_categories"]), control_share=float(p["control_share"]), campaigns=campaigns,
-              id_width=max(7, len(str(users))), crm_attributes=bool(p.get("crm_attributes", True)),
+              id_width=max(7, len(str(users))), crm_attributes=bool(p.get("crm_attributes", False)),
               exposure_share=float(p.get("exposure_share", 0.6)))
     tables = (*TABLES, ATTRIBUTES_TABLE) if w.crm_attributes else TABLES
     cats = categories(w.n_categories)

@@ -2,7 +2,6 @@
 that rewards targeting (oracle ≫ control, no fixed arm is the oracle, recent behaviour matters)."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import boto3
@@ -10,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+import yaml
 from moto import mock_aws
 
 from campaignops.config import Settings
@@ -45,7 +45,9 @@ class RecordingStore(ObjectStore):
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory) -> Settings:
     ws = tmp_path_factory.mktemp("ws")
-    shutil.copy(ROOT / "params.yaml", ws / "params.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"].update(crm_attributes=True, channel_coverage=True)   # every table and option exercised
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
     return Settings(workspace=ws, state_dir=ws / ".state",
                     env={"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"})
 
