@@ -43,14 +43,8 @@ def main() -> None:
     a = ap.parse_args()
     p = load_settings().params["data"]
     seed = int(a.seed if a.seed is not None else p["seed"])
-    now = S._ms(S.NOW)
-    world_seed, chunks_seed = np.random.SeedSequence(seed).spawn(2)
-    n_cat = int(p["n_categories"])
-    camps = S.make_campaigns(np.random.default_rng(world_seed), int(p["n_past_campaigns"]),
-                             int(p["variants_per_campaign"]), n_cat, now,
-                             cover_channels=bool(p.get("channel_coverage", False)))
-    w = S.World(now, int(p["history_days"]) * S.DAY_MS, float(p["events_per_user"]), n_cat,
-                float(p["control_share"]), camps, max(7, len(str(a.users))))
+    w, chunks_seed = S.make_world(p, a.users, seed)
+    camps, n_cat = w.campaigns, w.n_categories
     rng = np.random.default_rng(chunks_seed.spawn(1)[0])
     u, _, lo = S._users(rng, w, 0, a.users)
     ev, ui_e, ts_e = S._events(rng, w, u, lo)
@@ -83,9 +77,7 @@ def main() -> None:
     recent = before & (ts_e >= t[ui_e] - S.RECENT_DAYS * S.DAY_MS)
     cats_recent = np.zeros((u.n, n_cat))
     np.add.at(cats_recent, (ui_e[recent], cat[recent]), 1)
-    flags = np.column_stack([
-        rng.random(u.n) < np.where(np.isin(u.pref, [CHANNELS.index(c) for c in chans]), p_in, p_out)
-        for _, chans, p_in, p_out in S.CRM_FLAGS]).astype(float)
+    flags = S._attributes(rng, w, u).column("value_num").to_numpy().reshape(u.n, len(S.CRM_FLAGS))
 
     interest = np.where(t < u.switch, u.old, u.cur)
     latents = [u.ps, u.abandon, np.log1p(n_recent), np.eye(n_cat)[interest], u.base]

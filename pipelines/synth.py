@@ -598,6 +598,21 @@ def _part_key(batch: str, table: str, i: int) -> str:
     return f"{prefix}part-{i:05d}.parquet"
 
 
+def make_world(p: dict, users: int, seed: int) -> tuple[World, np.random.SeedSequence]:
+    """The world of params `data:` `p` (campaigns drawn from the seed's first child) and the seed
+    sequence whose children seed the user chunks."""
+    world_seed, chunks_seed = np.random.SeedSequence(seed).spawn(2)
+    now_ms = _ms(NOW)
+    campaigns = make_campaigns(np.random.default_rng(world_seed), int(p["n_past_campaigns"]),
+                               int(p["variants_per_campaign"]), int(p["n_categories"]), now_ms,
+                               cover_channels=bool(p.get("channel_coverage", False)))
+    w = World(now_ms=now_ms, history_ms=int(p["history_days"]) * DAY_MS, events_per_user=float(p["events_per_user"]),
+              n_categories=int(p["n_categories"]), control_share=float(p["control_share"]), campaigns=campaigns,
+              id_width=max(7, len(str(users))), crm_attributes=bool(p.get("crm_attributes", False)),
+              exposure_share=float(p.get("exposure_share", 0.6)))
+    return w, chunks_seed
+
+
 def generate(settings: Settings, users: int | None = None, seed: int | None = None, batch: str | None = None,
              store=None, progress: bool = True, chunk_size: int = CHUNK_USERS) -> dict:
     """Write a synthetic world to raw/<batch>/ (one parquet part per chunk of users and table,
@@ -613,17 +628,9 @@ def generate(settings: Settings, users: int | None = None, seed: int | None = No
 
         store = ObjectStore(settings)
 
-    now_ms = _ms(NOW)
-    seeds = np.random.SeedSequence(seed)
-    world_seed, chunks_seed = seeds.spawn(2)
+    w, chunks_seed = make_world(p, users, seed)
+    campaigns = w.campaigns
     n_chunks = math.ceil(users / chunk_size)
-    campaigns = make_campaigns(np.random.default_rng(world_seed), int(p["n_past_campaigns"]),
-                               int(p["variants_per_campaign"]), int(p["n_categories"]), now_ms,
-                               cover_channels=bool(p.get("channel_coverage", False)))
-    w = World(now_ms=now_ms, history_ms=int(p["history_days"]) * DAY_MS, events_per_user=float(p["events_per_user"]),
-              n_categories=int(p["n_categories"]), control_share=float(p["control_share"]), campaigns=campaigns,
-              id_width=max(7, len(str(users))), crm_attributes=bool(p.get("crm_attributes", False)),
-              exposure_share=float(p.get("exposure_share", 0.6)))
     tables = (*TABLES, ATTRIBUTES_TABLE) if w.crm_attributes else TABLES
     cats = categories(w.n_categories)
     stats = _Stats(campaigns)
