@@ -87,8 +87,11 @@ def data_import(datafile: str = typer.Argument(..., help="the campaign log: CSV 
     try:
         manifest = importer.import_file(load_settings(), mapping, datafile, batch=batch, response=response,
                                         holdout_fold=fold)
-    except (importer.MappingError, ValueError) as exc:
+    except importer.MappingError as exc:
         console.print(f"[red]mapping error:[/] {exc}")
+        raise typer.Exit(2)
+    except ValueError as exc:  # e.g. --holdout-fold out of range (importer.import_file checks it)
+        console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2)
     _print({"batch": manifest["batch"], "tables": {t: v["rows"] for t, v in manifest["tables"].items()},
             "import": manifest["import"]})
