@@ -47,7 +47,9 @@ def sandbox_stack(tmp: Path, params_update=None) -> Iterator:
     """Workspace copy + stack up on free ports (env vars set in this process); yields Settings;
     stops exactly what it started and restores the environment."""
     ws = make_workspace(tmp, params_update)
-    env = {"CAMPAIGNOPS_WORKSPACE": str(ws), "CAMPAIGNOPS_STATE": str(tmp / "state")}
+    env = {"CAMPAIGNOPS_WORKSPACE": str(ws), "CAMPAIGNOPS_STATE": str(tmp / "state"),
+           # Runs here are triggered by hand and waited for: no daily run racing them.
+           "CAMPAIGNOPS_AIRFLOW_SCHEDULES": "False"}
     for name in PORTS:
         env[f"CAMPAIGNOPS_{name.upper()}_PORT"] = str(free_port())
     saved = dict(os.environ)   # steps export endpoints and keys (config.apply_env): restore all of it

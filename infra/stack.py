@@ -395,6 +395,9 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        # Off only where every run is triggered by hand and measured (the sandbox: e2e tests, DAG
+        # benchmark); there, unpausing would also start the daily run for the latest interval.
+        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": settings._get("CAMPAIGNOPS_AIRFLOW_SCHEDULES", "True"),
     })
     return env
 

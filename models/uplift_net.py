@@ -152,43 +152,17 @@ def average(members: list):
     return keras.Model(inputs, [response, revenue], name="campaign_response_ensemble")
 
 
-def mean_qini(frame, p) -> float:
-    """Mean over treatment arms of the Qini coefficient of p(arm) − p(control) on the exposures
-    logged at that arm or its campaign's control. `frame`: one row per (exposure, arm scored) with
-    exposure_id, campaign_id, variant_id (logged), arm_id, responded; `p` aligned with it."""
-    import numpy as np
-    import pandas as pd
-
-    from campaignops.models.metrics import qini_auc_score
-    from campaignops.validation.contract import CONTROL
-
-    f = pd.DataFrame({"exposure_id": np.asarray(frame["exposure_id"]), "arm_id": np.asarray(frame["arm_id"]),
-                      "p": np.asarray(p, dtype=np.float64)})
-    wide = f.pivot(index="exposure_id", columns="arm_id", values="p")
-    logged = pd.DataFrame({c: np.asarray(frame[c]) for c in ("exposure_id", "campaign_id", "variant_id", "responded")})
-    logged = logged.drop_duplicates("exposure_id").set_index("exposure_id")
-    out = []
-    for (cid, variant), _ in logged[logged["variant_id"] != CONTROL].groupby(["campaign_id", "variant_id"]):
-        rows = logged[(logged["campaign_id"] == cid) & logged["variant_id"].isin([variant, CONTROL])]
-        t = (rows["variant_id"] == variant).to_numpy().astype(int)
-        if variant not in wide or CONTROL not in wide or t.min() == t.max():
-            continue
-        u = (wide.loc[rows.index, variant] - wide.loc[rows.index, CONTROL]).to_numpy()
-        if np.isfinite(u).all():
-            out.append(qini_auc_score(rows["responded"].to_numpy().astype(int), u, t))
-    return float(np.mean(out)) if out else float("nan")
-
-
 def fit_network(model, params: dict, x_train, y_train, rev_train, x_valid, y_valid, rev_valid,
                 uplift_valid: tuple | None = None):
     """Fit with early stopping (params: epochs, batch_size, patience, early_stopping_monitor);
     revenue targets are already divided by revenue_scale. Returns the Keras History.
     `uplift_valid` (encoded inputs, frame) of the validation exposures scored under every arm of
-    their campaign (frame as mean_qini's) adds `val_qini` to the epoch logs, which
+    their campaign (frame as models.arms') adds `val_qini` to the epoch logs, which
     early_stopping_monitor may name."""
     import keras
     import numpy as np
 
+    from campaignops.models.arms import mean_qini
     from campaignops.models.inputs import select_inputs
 
     x_train, x_valid = select_inputs(model, x_train), select_inputs(model, x_valid)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from campaignops.models import metrics as m
-from campaignops.pipelines.evaluate import arm_matrix
+from campaignops.models.arms import arm_groups, arm_matrix, logged_exposures
 from campaignops.validation.contract import CONTROL
 
 
@@ -26,7 +26,7 @@ from campaignops.validation.contract import CONTROL
 # --------------------------------------------------------------------------- #
 def _logged(frame: pd.DataFrame, p: np.ndarray):
     arms, P = arm_matrix(frame, p)
-    exposures = frame.drop_duplicates("exposure_id").set_index("exposure_id").loc[arms.index]
+    exposures = logged_exposures(frame, arms)
     arm_ids = arms.to_numpy()
     logged_slot = np.argmax(arm_ids == exposures["variant_id"].to_numpy()[:, None], axis=1)
     return arms, P, exposures, arm_ids, logged_slot
@@ -47,24 +47,19 @@ def curves(frame: pd.DataFrame, p: np.ndarray, truth: pd.DataFrame | None = None
     T = _truth_matrix(frame, truth)
     y = exposures["responded"].to_numpy().astype(float)
     rows = np.arange(len(y))
-    is_control = arm_ids[rows, logged_slot] == CONTROL
     out = {"qini": {}, "uplift_by_decile": {}}
-    for s in range(P.shape[1] - 1):
-        sel = ((logged_slot == s) | is_control) & ~np.isnan(P[:, s])
-        treat = (logged_slot[sel] == s).astype(int)
-        if treat.min() == treat.max():
-            continue
-        names = pd.Series(arm_ids[sel, s]).value_counts()
-        label = f"slot{s + 1}:" + (names.index[0] if len(names) == 1 else f"{len(names)} arms")
-        u = P[sel, s] - P[sel, -1]
-        x, q = m.qini_curve(y[sel], u, treat)
+    true_uplift = T[:, :-1] - T[:, -1:] if T is not None else None
+    several = exposures["campaign_id"].nunique() > 1
+    for g in arm_groups(frame, p):
+        label = f"{g.campaign}:{g.arm}" if several else str(g.arm)
+        u, ys, ts = g.uplift, g.y.astype(float), g.treated
+        x, q = m.qini_curve(ys, u, ts)
         stride = max(1, len(x) // 200)
-        xr, qr = m.perfect_qini_curve(y[sel], treat)
         out["qini"][label] = {"x": x[::stride].tolist(), "y": q[::stride].tolist(),
                               "random": [0.0, float(q[-1])], "random_x": [0.0, float(x[-1])],
-                              "auc": m.qini_auc_score(y[sel], u, treat)}
+                              "auc": m.qini_auc_score(ys, u, ts)}
         dec = pd.qcut(pd.Series(-u).rank(method="first"), n_bins, labels=False).to_numpy()
-        ys, ts = y[sel], treat
+        tu = true_uplift[g.rows][g.hit] if true_uplift is not None else None
         obs, pred, true_u, n = [], [], [], []
         for d in range(n_bins):
             k = dec == d
@@ -72,7 +67,7 @@ def curves(frame: pd.DataFrame, p: np.ndarray, truth: pd.DataFrame | None = None
             c_rate = ys[k & (ts == 0)].mean() if (k & (ts == 0)).any() else np.nan
             obs.append(float(t_rate - c_rate))
             pred.append(float(u[k].mean()))
-            true_u.append(float((T[sel, s] - T[sel, -1])[k].mean()) if T is not None else np.nan)
+            true_u.append(float(tu[k].mean()) if tu is not None else np.nan)
             n.append(int(k.sum()))
         out["uplift_by_decile"][label] = {"decile": list(range(1, n_bins + 1)), "observed": obs,
                                           "predicted": pred, "true": true_u, "n": n}

@@ -16,3 +16,25 @@ def workspace(tmp_path: Path) -> Settings:
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     return Settings(workspace=tmp_path, state_dir=tmp_path / ".state",
                     env={"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"})
+
+
+def _arm_frame(n: int = 400, seed: int = 0, campaigns: tuple[str, ...] = ("C",)):
+    """n exposures per campaign logged at a, b or control (arm ids prefixed by the campaign when
+    there are several), each scored under all three arms; random responses."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in campaigns:
+        names = {a: (a if len(campaigns) == 1 or a == "control" else f"{c}-{a}") for a in ("a", "b", "control")}
+        logged = rng.choice(list(names.values()), n)
+        y = rng.integers(0, 2, n)
+        rows += [(f"{c}x{i}", c, logged[i], arm, y[i]) for i in range(n) for arm in names.values()]
+    return pd.DataFrame(rows, columns=["exposure_id", "campaign_id", "variant_id", "arm_id", "responded"])
+
+
+@pytest.fixture
+def arm_frame():
+    """Builds frames of exposures scored under every arm (models.arms' input): arm_frame(n, seed, campaigns)."""
+    return _arm_frame

@@ -117,38 +117,10 @@ def test_average_is_the_members_mean_and_saves_as_one_network(tmp_path):
     np.testing.assert_allclose(predict(again, x)[0], both[0], atol=1e-6)
 
 
-def _arm_frame(n=400, seed=0):
-    """n exposures of one campaign logged at a, b or control, each scored under all three arms."""
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    logged = rng.choice(["a", "b", "control"], n)
-    y = rng.integers(0, 2, n)
-    rows = [(f"x{i}", "C", logged[i], arm, y[i]) for i in range(n) for arm in ("a", "b", "control")]
-    return pd.DataFrame(rows, columns=["exposure_id", "campaign_id", "variant_id", "arm_id", "responded"])
-
-
-def test_mean_qini_averages_the_per_arm_qini_against_control():
-    from campaignops.models.metrics import qini_auc_score
-    from campaignops.models.uplift_net import mean_qini
-
-    f = _arm_frame()
-    p = np.random.default_rng(1).random(len(f))
-    wide = f.assign(p=p).pivot(index="exposure_id", columns="arm_id", values="p")
-    logged = f.drop_duplicates("exposure_id").set_index("exposure_id")
-    expect = []
-    for arm in ("a", "b"):
-        r = logged[logged["variant_id"].isin([arm, "control"])]
-        expect.append(qini_auc_score(r["responded"], (wide[arm] - wide["control"]).loc[r.index],
-                                     (r["variant_id"] == arm).astype(int)))
-    assert mean_qini(f, p) == pytest.approx(np.mean(expect))
-    assert mean_qini(f, p) != pytest.approx(expect[0])
-
-
-def test_val_qini_is_logged_per_epoch_and_can_stop_training():
+def test_val_qini_is_logged_per_epoch_and_can_stop_training(arm_frame):
     x, y, _ = world(600, seed=4)
     xv, yv, _ = world(300, seed=5)
-    frame = _arm_frame(100)
+    frame = arm_frame(100)
     xa, _, _ = world(300, seed=6)  # 100 exposures × 3 arms of encoded rows
     keras.utils.set_random_seed(0)
     model = build_model(META, {**PARAMS, "encoder": "attention", "target_attention": "dot"}, N_PROFILE, N_VARIANT)

@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from campaignops.pipelines.evaluate import arm_matrix, gate, holdout_metrics
+from campaignops.models.arms import arm_matrix
+from campaignops.pipelines.evaluate import gate, holdout_metrics
 from campaignops.validation.contract import CONTROL
 
 THRESHOLDS = {"min_auc": 0.6, "max_logloss": 0.6, "min_qini": 0.0, "min_policy_value_fraction": 0.5,
@@ -71,3 +72,15 @@ def test_beats_baselines_needs_policy_value_and_qini():
     assert out == {"weak": True, "better_qini": False, "better_value": False}
     assert beats_baselines({"policy_value_ips": 0.2, "qini": 0.1}, {"b": {"policy_value_ips": 0.21, "qini": 0.0}}) \
         == {"b": False}
+
+
+def test_qini_floor_allows_a_random_rankings_noise_but_not_a_clear_loss():
+    good = {"auc": 0.7, "logloss": 0.3, "qini": -0.015, "policy_value_fraction": 0.9, "policy_value_true": 0.2,
+            "qini_random_sd": 0.01}
+    noisy = {**THRESHOLDS, "qini_tolerance_sd": 2.0}
+    assert gate(good, None, noisy) == (True, [])                            # within 2 sd of 0
+    ok, reasons = gate({**good, "qini": -0.025}, None, noisy)               # beyond 2 sd
+    assert not ok and "qini" in reasons[0] and "random-ranking sd 0.0100" in reasons[0]
+    assert not gate(good, None, {**noisy, "qini_tolerance_sd": 0.0})[0]     # plain threshold
+    assert not gate({**good, "qini_random_sd": float("nan")}, None, noisy)[0]  # sd not measured
+    assert not gate({k: v for k, v in good.items() if k != "qini_random_sd"}, None, noisy)[0]

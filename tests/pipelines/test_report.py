@@ -22,7 +22,9 @@ def world():
 def test_curves_from_truth_are_monotone_and_calibrated(world):
     frame, truth, p = world
     c = r.curves(frame, p, truth)
-    assert len(c["qini"]) == 3 and all(v["auc"] > 0 for v in c["qini"].values())
+    # One curve per (campaign, arm): C1 has 2 variants, C2 has 3.
+    assert sorted(c["qini"]) == ["C1:C1-V1", "C1:C1-V2", "C2:C2-V1", "C2:C2-V2", "C2:C2-V3"]
+    assert all(v["auc"] > 0 for v in c["qini"].values())
     for d in c["uplift_by_decile"].values():
         assert d["predicted"][0] > d["predicted"][-1]             # decile 1 = highest predicted uplift
         assert np.allclose(d["predicted"], d["true"])               # truth as the model

@@ -1,0 +1,101 @@
+"""Exposures scored under every arm of their campaign: the wide (exposure × arm) view and the
+per-arm Qini of p(arm) − p(control), used by evaluation and by training's `val_qini` monitor.
+
+`frame` has one row per (exposure, arm scored) with exposure_id, campaign_id, variant_id (the
+arm actually logged), arm_id (the arm scored) and responded; value vectors are aligned with it."""
+from __future__ import annotations
+
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from campaignops.validation.contract import CONTROL
+
+
+def arm_matrix(frame: pd.DataFrame, values: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """Pivot per (exposure, arm) values into [n_exposures, n_slots]: treatment arms in variant
+    order, control in the last slot, NaN where a campaign has fewer arms. Also returns the
+    arm id held by each slot, indexed by exposure_id (sorted)."""
+    df = frame[["exposure_id", "arm_id"]].copy()
+    df["value"] = values
+    is_control = (df["arm_id"] == CONTROL).to_numpy()
+    slot = np.zeros(len(df), dtype=np.int64)
+    slot[~is_control] = df[~is_control].groupby("exposure_id").cumcount().to_numpy()
+    n_slots = int(slot[~is_control].max()) + 2
+    slot[is_control] = n_slots - 1
+    df["slot"] = slot
+    wide = df.pivot(index="exposure_id", columns="slot", values="value").reindex(columns=range(n_slots))
+    arms = df.pivot(index="exposure_id", columns="slot", values="arm_id").reindex(columns=range(n_slots))
+    return arms, wide.to_numpy(dtype=np.float64)
+
+
+def logged_exposures(frame: pd.DataFrame, arms: pd.DataFrame) -> pd.DataFrame:
+    """One row per exposure (what was logged), in the row order of `arm_matrix`'s output."""
+    return frame.drop_duplicates("exposure_id").set_index("exposure_id").loc[arms.index]
+
+
+class ArmGroup(NamedTuple):
+    """The exposures of one campaign logged at one treatment arm or at its control. `rows` masks
+    the rows of `arm_matrix`'s output; `hit[i, s]` marks the slot holding the arm for row i of
+    the selection (exactly one per row), so `matrix[:, :-1][rows][hit]` reads that arm's column."""
+    campaign: str
+    arm: str
+    rows: np.ndarray
+    hit: np.ndarray
+    y: np.ndarray
+    uplift: np.ndarray    # p(arm) − p(control)
+    treated: np.ndarray   # 1 = logged at the arm, 0 = at control
+
+
+def arm_groups(frame: pd.DataFrame, p: np.ndarray) -> Iterator[ArmGroup]:
+    """One ArmGroup per (campaign, treatment arm) that has both treated and control exposures
+    and was scored (finite p) for all of them."""
+    from campaignops.models.metrics import _binary
+
+    arms, P = arm_matrix(frame, p)
+    exposures = logged_exposures(frame, arms)
+    arm_ids = arms.to_numpy()[:, :-1]
+    uplift = P[:, :-1] - P[:, -1:]
+    logged = exposures["variant_id"].to_numpy()
+    campaign = exposures["campaign_id"].to_numpy()
+    y = _binary(exposures["responded"].to_numpy(), "responded", both_classes=False)
+    treated_pairs = pd.DataFrame({"c": campaign, "a": logged})[logged != CONTROL].drop_duplicates()
+    for cid, arm in treated_pairs.itertuples(index=False):
+        rows = (campaign == cid) & ((logged == arm) | (logged == CONTROL))
+        hit = arm_ids[rows] == arm
+        if not hit.any(axis=1).all():        # the arm was not scored for some of these exposures
+            continue
+        u = uplift[rows][hit]
+        t = (logged[rows] == arm).astype(np.int64)
+        if t.min() == t.max() or not np.isfinite(u).all():
+            continue
+        yield ArmGroup(cid, arm, rows, hit, y[rows], u, t)
+
+
+def arm_qinis(frame: pd.DataFrame, p: np.ndarray) -> dict[tuple, float]:
+    """Qini coefficient per (campaign, treatment arm) of p(arm) − p(control) on the exposures
+    logged at that arm or at the campaign's control."""
+    from campaignops.models.metrics import qini_auc_score
+
+    return {(g.campaign, g.arm): qini_auc_score(g.y, g.uplift, g.treated) for g in arm_groups(frame, p)}
+
+
+def mean_qini(frame: pd.DataFrame, p: np.ndarray) -> float:
+    """Mean of `arm_qinis` (NaN when no arm has both treated and control exposures)."""
+    values = list(arm_qinis(frame, p).values())
+    return float(np.mean(values)) if values else float("nan")
+
+
+def random_qini_sd(frame: pd.DataFrame, draws: int = 200, seed: int = 0) -> float:
+    """Standard deviation of `mean_qini` for a random ranking on the same exposures: the noise
+    scale of the Qini on this holdout (a model that ranks no better than chance lands within a
+    couple of these of 0). NaN when there is nothing to rank or draws is 0."""
+    from campaignops.models.metrics import qini_auc_score
+
+    groups = [(g.y, g.treated) for g in arm_groups(frame, np.zeros(len(frame)))]
+    if not groups or draws <= 0:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    means = [np.mean([qini_auc_score(y, rng.random(len(y)), t) for y, t in groups]) for _ in range(draws)]
+    return float(np.std(means))
