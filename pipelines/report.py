@@ -18,6 +18,7 @@ import pandas as pd
 
 from campaignops.models import metrics as m
 from campaignops.models.arms import arm_groups, arm_matrix, logged_exposures
+from campaignops.pipelines.evaluate import true_response
 from campaignops.validation.contract import CONTROL
 
 
@@ -35,10 +36,7 @@ def _logged(frame: pd.DataFrame, p: np.ndarray):
 def _truth_matrix(frame: pd.DataFrame, truth: pd.DataFrame | None):
     if truth is None:
         return None
-    t = frame[["exposure_id", "arm_id"]].merge(
-        truth.rename(columns={"variant_id": "arm_id"})[["exposure_id", "arm_id", "p_response"]],
-        on=["exposure_id", "arm_id"], how="left")
-    return arm_matrix(frame, t["p_response"].to_numpy())[1]
+    return arm_matrix(frame, true_response(frame, truth))[1]
 
 
 def curves(frame: pd.DataFrame, p: np.ndarray, truth: pd.DataFrame | None = None, n_bins: int = 10) -> dict:

@@ -84,3 +84,19 @@ def test_qini_floor_allows_a_random_rankings_noise_but_not_a_clear_loss():
     assert not gate(good, None, {**noisy, "qini_tolerance_sd": 0.0})[0]     # plain threshold
     assert not gate({**good, "qini_random_sd": float("nan")}, None, noisy)[0]  # sd not measured
     assert not gate({k: v for k, v in good.items() if k != "qini_random_sd"}, None, noisy)[0]
+
+
+def test_truth_looked_up_once_gives_the_same_metrics_on_the_frame_and_its_subsets():
+    from campaignops.pipelines.evaluate import attach_truth
+
+    frame, truth = randomized_world(600, seed=5)
+    p = np.random.default_rng(2).random(len(frame))
+    attached = attach_truth(frame, truth)
+    assert "p_true" in attached and "p_true" not in frame and attach_truth(frame, None) is frame
+    assert holdout_metrics(attached, p, truth) == pytest.approx(holdout_metrics(frame, p, truth), nan_ok=True)
+    sub = attached["exposure_id"].isin(attached["exposure_id"].unique()[::3]).to_numpy()
+    plain_sub = frame[sub].reset_index(drop=True)
+    assert (holdout_metrics(attached[sub].reset_index(drop=True), p[sub], truth)
+            == pytest.approx(holdout_metrics(plain_sub, p[sub], truth), nan_ok=True))
+    assert holdout_metrics(plain_sub, p[sub], truth)["oracle_value"] != pytest.approx(
+        holdout_metrics(frame, p, truth)["oracle_value"])
