@@ -182,7 +182,9 @@ def average(members: list):
 
 def fit_network(model, params: dict, x_train, y_train, rev_train, x_valid, y_valid, rev_valid,
                 uplift_valid: tuple | None = None):
-    """Fit with early stopping (params: epochs, batch_size, patience, early_stopping_monitor);
+    """Fit with early stopping (params: epochs, batch_size, patience, early_stopping_monitor,
+    shuffle: rows = every epoch draws batches from shuffled rows, batches = rows shuffled once
+    (seeded by params seed) and each epoch shuffles whole batches);
     revenue targets are already divided by revenue_scale. Returns the Keras History.
     `uplift_valid` (encoded inputs, frame) of the validation exposures scored under every arm of
     their campaign (frame as models.arms') adds `val_qini` to the epoch logs, which
@@ -208,16 +210,27 @@ def fit_network(model, params: dict, x_train, y_train, rev_train, x_valid, y_val
 
         callbacks.append(ValidQini())
     f32 = lambda a: np.asarray(a, dtype=np.float32)  # noqa: E731
+    y_train, rev_train = f32(y_train), f32(rev_train)
+    shuffle = params.get("shuffle", "rows")
+    if shuffle == "batches":
+        # One seeded shuffle of the rows, then Keras reorders whole batches each epoch: gathering
+        # every batch from random rows of a large training set made an epoch ~1.4x slower at 1M users.
+        order = np.random.default_rng(int(params.get("seed", 0))).permutation(len(y_train))
+        x_train = {k: v[order] for k, v in x_train.items()}
+        y_train, rev_train = y_train[order], rev_train[order]
+    elif shuffle != "rows":
+        raise ValueError(f"params train.shuffle: {shuffle!r} is not rows | batches")
     callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor,
                                                    mode="max" if monitor.endswith(("auc", "qini")) else "min",
                                                    patience=int(params.get("patience", 3)), restore_best_weights=True))
     return model.fit(
-        x_train, {"response": f32(y_train), "revenue": f32(rev_train)},
+        x_train, {"response": y_train, "revenue": rev_train},
         validation_data=(x_valid, {"response": f32(y_valid), "revenue": f32(rev_valid)}),
         epochs=int(params.get("epochs", 20)),
         batch_size=int(params.get("batch_size", 512)),
+        validation_batch_size=4096,   # inference only: larger batches, same result, half the time
         callbacks=callbacks,
-        shuffle=True,
+        shuffle="batch" if shuffle == "batches" else True,
         verbose=int(params.get("verbose", 0)),
     )
 

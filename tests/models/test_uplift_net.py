@@ -159,3 +159,26 @@ def test_sequence_shares_are_each_tokens_share_overall_and_recent(tmp_path):
     model.save(tmp_path / "s.keras")
     again = keras.saving.load_model(tmp_path / "s.keras", compile=False)
     np.testing.assert_allclose(predict(again, x)[0], predict(model, x)[0], atol=1e-6)
+
+
+def test_batch_shuffling_is_seeded_and_learns_like_row_shuffling():
+    x, y, _ = world(1200, seed=8)
+    xv, yv, _ = world(400, seed=9)
+    params = {**PARAMS, "encoder": "attention", "target_attention": "dot", "epochs": 4, "patience": 10}
+
+    def fit(**over):
+        keras.utils.set_random_seed(0)
+        model = build_model(META, {**params, **over}, N_PROFILE, N_VARIANT)
+        h = fit_network(model, {**params, **over}, x, y, y * 0, xv, yv, yv * 0)
+        return model, h.history["val_response_auc"][-1]
+
+    with pytest.raises(ValueError, match="train.shuffle"):
+        fit(shuffle="sometimes")
+    a, auc_a = fit(shuffle="batches", seed=1)
+    b, _ = fit(shuffle="batches", seed=1)
+    c, _ = fit(shuffle="batches", seed=2)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)                       # same seed, same batches, same model
+    assert any(not np.array_equal(wa, wc) for wa, wc in zip(a.get_weights(), c.get_weights()))
+    _, auc_rows = fit(shuffle="rows")
+    assert auc_a > 0.6 and abs(auc_a - auc_rows) < 0.05
