@@ -75,7 +75,8 @@ def run(settings: Settings) -> dict:
         member = build_model(meta, params, x_train["profile"].shape[1], x_train["variant"].shape[1],
                              name=f"campaign_response_{i}" if n_members > 1 else None)
         member.get_layer("profile_norm").adapt(x_train["profile"])
-        histories.append(fit_network(member, {**params, "verbose": 2}, x_train, y_train, rev_train / revenue_scale,
+        member_params = {**params, "verbose": 2, "seed": int(params["seed"]) + i}  # own batch order too
+        histories.append(fit_network(member, member_params, x_train, y_train, rev_train / revenue_scale,
                                      x_valid, y_valid, rev_valid / revenue_scale, uplift_valid))
         members.append(member)
     train_seconds = time.perf_counter() - t0
