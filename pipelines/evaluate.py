@@ -49,7 +49,6 @@ def holdout_metrics(expanded: pd.DataFrame, p: np.ndarray, truth: pd.DataFrame |
     logged_slot = np.argmax(arm_ids == logged[:, None], axis=1)
     rows = np.arange(len(y))
     p_logged = P[rows, logged_slot]
-    control = P[:, -1]
 
     out = {"holdout_rows": int(len(y)), "auc": m.auc(y, p_logged), "logloss": m.log_loss(y, p_logged),
            "ece": m.ece(y, p_logged)}

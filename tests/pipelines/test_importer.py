@@ -3,7 +3,6 @@ validate (bad rows quarantined with their rule and source row) → features, and
 references of evaluate computed on the features' holdout."""
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import boto3
