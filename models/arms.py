@@ -35,6 +35,16 @@ def logged_exposures(frame: pd.DataFrame, arms: pd.DataFrame) -> pd.DataFrame:
     return frame.drop_duplicates("exposure_id").set_index("exposure_id").loc[arms.index]
 
 
+def logged_view(frame: pd.DataFrame, p: np.ndarray):
+    """(arms, P, exposures, arm_ids, logged_slot): `arm_matrix` of p, the logged exposures in its
+    row order, the arm ids as an array and the slot of each exposure's logged arm."""
+    arms, P = arm_matrix(frame, p)
+    exposures = logged_exposures(frame, arms)
+    arm_ids = arms.to_numpy()
+    logged_slot = np.argmax(arm_ids == exposures["variant_id"].to_numpy()[:, None], axis=1)
+    return arms, P, exposures, arm_ids, logged_slot
+
+
 class ArmGroup(NamedTuple):
     """The exposures of one campaign logged at one treatment arm or at its control. `rows` masks
     the rows of `arm_matrix`'s output; `hit[i, s]` marks the slot holding the arm for row i of
@@ -48,12 +58,13 @@ class ArmGroup(NamedTuple):
     treated: np.ndarray   # 1 = logged at the arm, 0 = at control
 
 
-def arm_groups(frame: pd.DataFrame, p: np.ndarray) -> Iterator[ArmGroup]:
+def arm_groups(frame: pd.DataFrame, p: np.ndarray, wide: tuple | None = None) -> Iterator[ArmGroup]:
     """One ArmGroup per (campaign, treatment arm) that has both treated and control exposures
-    and was scored (finite p) for all of them."""
+    and was scored (finite p) for all of them. `wide`: `arm_matrix(frame, p)` if the caller
+    already has it."""
     from campaignops.models.metrics import _binary
 
-    arms, P = arm_matrix(frame, p)
+    arms, P = wide if wide is not None else arm_matrix(frame, p)
     exposures = logged_exposures(frame, arms)
     arm_ids = arms.to_numpy()[:, :-1]
     uplift = P[:, :-1] - P[:, -1:]
@@ -73,17 +84,17 @@ def arm_groups(frame: pd.DataFrame, p: np.ndarray) -> Iterator[ArmGroup]:
         yield ArmGroup(cid, arm, rows, hit, y[rows], u, t)
 
 
-def arm_qinis(frame: pd.DataFrame, p: np.ndarray) -> dict[tuple, float]:
+def arm_qinis(frame: pd.DataFrame, p: np.ndarray, wide: tuple | None = None) -> dict[tuple, float]:
     """Qini coefficient per (campaign, treatment arm) of p(arm) − p(control) on the exposures
-    logged at that arm or at the campaign's control."""
+    logged at that arm or at the campaign's control (`wide` as in `arm_groups`)."""
     from campaignops.models.metrics import qini_auc_score
 
-    return {(g.campaign, g.arm): qini_auc_score(g.y, g.uplift, g.treated) for g in arm_groups(frame, p)}
+    return {(g.campaign, g.arm): qini_auc_score(g.y, g.uplift, g.treated) for g in arm_groups(frame, p, wide)}
 
 
-def mean_qini(frame: pd.DataFrame, p: np.ndarray) -> float:
+def mean_qini(frame: pd.DataFrame, p: np.ndarray, wide: tuple | None = None) -> float:
     """Mean of `arm_qinis` (NaN when no arm has both treated and control exposures)."""
-    values = list(arm_qinis(frame, p).values())
+    values = list(arm_qinis(frame, p, wide).values())
     return float(np.mean(values)) if values else float("nan")
 
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from campaignops.config import Settings
-from campaignops.models.arms import arm_matrix, logged_exposures, mean_qini, random_qini_sd
+from campaignops.models.arms import arm_matrix, logged_view, mean_qini, random_qini_sd
 from campaignops.pipelines import layout
 from campaignops.pipelines.storage import write_json
 from campaignops.validation.contract import CONTROL
@@ -41,12 +41,9 @@ def holdout_metrics(expanded: pd.DataFrame, p: np.ndarray, truth: pd.DataFrame |
     with `truth` (synthetic worlds) also the true policy value against the oracle."""
     from campaignops.models import metrics as m
 
-    arms, P = arm_matrix(expanded, p)
-    exposures = logged_exposures(expanded, arms)
+    arms, P, exposures, arm_ids, logged_slot = logged_view(expanded, p)
     logged = exposures["variant_id"].to_numpy()
     y = exposures["responded"].to_numpy().astype(float)
-    arm_ids = arms.to_numpy()
-    logged_slot = np.argmax(arm_ids == logged[:, None], axis=1)
     rows = np.arange(len(y))
     p_logged = P[rows, logged_slot]
 
@@ -54,7 +51,7 @@ def holdout_metrics(expanded: pd.DataFrame, p: np.ndarray, truth: pd.DataFrame |
            "ece": m.ece(y, p_logged)}
 
     # Qini per (campaign, treatment arm) against that campaign's control, then the mean.
-    out["qini"] = mean_qini(expanded, p)
+    out["qini"] = mean_qini(expanded, p, wide=(arms, P))
 
     # Policy: best arm by predicted response (control = no send).
     chosen = np.nanargmax(P, axis=1)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from campaignops.models import metrics as m
-from campaignops.models.arms import arm_groups, arm_matrix, logged_exposures
+from campaignops.models.arms import arm_groups, arm_matrix, logged_view
 from campaignops.pipelines.evaluate import true_response
 from campaignops.validation.contract import CONTROL
 
@@ -25,14 +25,6 @@ from campaignops.validation.contract import CONTROL
 # --------------------------------------------------------------------------- #
 # plot data
 # --------------------------------------------------------------------------- #
-def _logged(frame: pd.DataFrame, p: np.ndarray):
-    arms, P = arm_matrix(frame, p)
-    exposures = logged_exposures(frame, arms)
-    arm_ids = arms.to_numpy()
-    logged_slot = np.argmax(arm_ids == exposures["variant_id"].to_numpy()[:, None], axis=1)
-    return arms, P, exposures, arm_ids, logged_slot
-
-
 def _truth_matrix(frame: pd.DataFrame, truth: pd.DataFrame | None):
     if truth is None:
         return None
@@ -41,14 +33,14 @@ def _truth_matrix(frame: pd.DataFrame, truth: pd.DataFrame | None):
 
 def curves(frame: pd.DataFrame, p: np.ndarray, truth: pd.DataFrame | None = None, n_bins: int = 10) -> dict:
     """Plot data: per-arm Qini curves and uplift by decile, reliability, predicted-vs-actual."""
-    arms, P, exposures, arm_ids, logged_slot = _logged(frame, p)
+    arms, P, exposures, arm_ids, logged_slot = logged_view(frame, p)
     T = _truth_matrix(frame, truth)
     y = exposures["responded"].to_numpy().astype(float)
     rows = np.arange(len(y))
     out = {"qini": {}, "uplift_by_decile": {}}
     true_uplift = T[:, :-1] - T[:, -1:] if T is not None else None
     several = exposures["campaign_id"].nunique() > 1
-    for g in arm_groups(frame, p):
+    for g in arm_groups(frame, p, wide=(arms, P)):
         label = f"{g.campaign}:{g.arm}" if several else str(g.arm)
         u, ys, ts = g.uplift, g.y.astype(float), g.treated
         x, q = m.qini_curve(ys, u, ts)
@@ -161,7 +153,7 @@ def forecast_vs_actual(frame: pd.DataFrame, p: np.ndarray, revenue_pred: np.ndar
     the holdout, and predicted-vs-actual on the exposures whose randomized logged arm equals the
     chosen arm (there the realized outcome is the policy's outcome). `revenue_actual` is the
     realized revenue per exposure_id."""
-    arms, P, exposures, arm_ids, logged_slot = _logged(frame, p)
+    arms, P, exposures, arm_ids, logged_slot = logged_view(frame, p)
     _, R = arm_matrix(frame, revenue_pred)
     rows = np.arange(len(arms))
     chosen = np.nanargmax(P, axis=1)

@@ -39,6 +39,7 @@ def test_each_campaign_is_compared_with_its_own_control(arm_frame):
     got = arm_qinis(f, p)
     assert set(got) == {("C1", "C1-a"), ("C1", "C1-b"), ("C2", "C2-a"), ("C2", "C2-b")}
     assert got == pytest.approx(_expected(f, p))
+    assert arm_qinis(f, p, wide=arm_matrix(f, p)) == pytest.approx(got)   # a precomputed pivot gives the same
     arms, _ = arm_matrix(f, p)
     assert set(arms.iloc[:, 0]) == {"C1-a", "C2-a"}   # what a per-slot pooling would have mixed
 
