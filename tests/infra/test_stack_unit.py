@@ -115,6 +115,24 @@ def test_airflow_env_points_workers_at_api_port(settings, monkeypatch):
     assert env["AIRFLOW_HOME"].startswith(str(settings.state_dir))
     assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
     assert env["AWS_ACCESS_KEY_ID"] == settings.env["AWS_ACCESS_KEY_ID"]
+    assert env["AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE"] == "True"          # the local stack runs the daily DAG
+
+
+def test_sandbox_stacks_run_no_scheduled_dag_runs(settings, monkeypatch, tmp_path):
+    """The sandbox (e2e tests, DAG benchmark) turns the schedule off: unpausing a DAG there must
+    not start a daily run beside the one that is triggered and measured."""
+    from campaignops.infra import sandbox
+
+    seen = {}
+    monkeypatch.setattr(sandbox, "make_workspace", lambda tmp, update=None: tmp / "ws")
+    monkeypatch.setattr(stack, "up", lambda s: seen.setdefault("env", stack.airflow_env(s)))
+    monkeypatch.setattr(stack, "down", lambda s: None)
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "params.yaml").write_text((settings.workspace / "params.yaml").read_text())
+    with sandbox.sandbox_stack(tmp_path):
+        pass
+    assert seen["env"]["AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE"] == "False"
+    assert "CAMPAIGNOPS_AIRFLOW_SCHEDULES" not in os.environ            # the environment is restored
 
 
 class _Resp:
