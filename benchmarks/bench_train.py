@@ -7,7 +7,9 @@ train step to 1M users.
 Reads data/features of the workspace (e.g. the 20k-user smoke workspace). `--scales k` tiles the
 training rows k times (k=5 on a 20k-user workspace ≈ 100k users' rows): throughput depends on the
 row count and shapes, not on the content, so this avoids regenerating features for every size.
-Timed over `--epochs` fixed epochs (no early stopping) after one warm-up epoch."""
+Timed over `--epochs` fixed epochs (no early stopping) after one warm-up epoch. `main_one_step`
+is the main network with one batch per compiled call (train.steps_per_execution 1): the ratio
+shows what batching the dispatch buys (the weights are the same either way)."""
 from __future__ import annotations
 
 import argparse
@@ -46,20 +48,25 @@ def main() -> None:
         x = {name: np.concatenate([v] * k) for name, v in x0.items()}
         y = np.concatenate([y0] * k)
         row = {"scale": k, "rows": len(y), "approx_users": users * k}
-        for name, sequence, encoder in (("main", True, params.get("encoder", "gru")), ("main_gru", True, "gru"),
-                                        ("mlp_noseq", False, None)):
+        main = params.get("encoder", "gru")
+        for name, sequence, over in (("main", True, {"encoder": main}), ("main_gru", True, {"encoder": "gru"}),
+                                     ("main_one_step", True, {"encoder": main, "steps_per_execution": 1}),
+                                     ("mlp_noseq", False, {})):
             seed_everything(int(params["seed"]))
-            model = build_model(meta, {**params, "encoder": encoder}, x["profile"].shape[1], x["variant"].shape[1],
+            model = build_model(meta, {**params, **over}, x["profile"].shape[1], x["variant"].shape[1],
                                 sequence=sequence)
             model.get_layer("profile_norm").adapt(x["profile"])
             targets = {"response": y, "revenue": np.zeros_like(y)}
             xs = select_inputs(model, x)
-            model.fit(xs, targets, epochs=1, batch_size=int(params["batch_size"]), verbose=0)  # warm-up / trace
+            shuffle = "batch" if params.get("shuffle") == "batches" else True    # as train.fit_network does
+            fit = dict(batch_size=int(params["batch_size"]), shuffle=shuffle, verbose=0)
+            model.fit(xs, targets, epochs=1, **fit)  # warm-up / trace
             t0 = time.perf_counter()
-            model.fit(xs, targets, epochs=args.epochs, batch_size=int(params["batch_size"]), verbose=0)
+            model.fit(xs, targets, epochs=args.epochs, **fit)
             row[f"{name}_rows_per_s"] = len(y) * args.epochs / (time.perf_counter() - t0)
         row["ratio_mlp_over_main"] = row["mlp_noseq_rows_per_s"] / row["main_rows_per_s"]
         row["ratio_main_over_gru"] = row["main_rows_per_s"] / row["main_gru_rows_per_s"]
+        row["ratio_steps_per_execution"] = row["main_rows_per_s"] / row["main_one_step_rows_per_s"]
         results.append(row)
         print(json.dumps(row), flush=True)
 

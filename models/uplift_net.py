@@ -38,6 +38,7 @@ DEFAULTS = {
     "sequence_shares": False,
     "uplift_head": True,
     "revenue_loss_weight": 0.01,
+    "steps_per_execution": 1,
 }
 
 
@@ -135,6 +136,7 @@ def build_model(meta: dict, params: dict, n_profile: int, n_variant: int, sequen
         loss={"response": "binary_crossentropy", "revenue": "mse"},
         loss_weights={"response": 1.0, "revenue": float(_p(params, "revenue_loss_weight"))},
         metrics={"response": [keras.metrics.AUC(name="auc")]},
+        steps_per_execution=int(_p(params, "steps_per_execution")),
     )
     return model
 

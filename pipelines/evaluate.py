@@ -4,6 +4,7 @@ and decides whether the candidate may be promoted."""
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -36,16 +37,42 @@ def attach_truth(frame: pd.DataFrame, truth: pd.DataFrame | None) -> pd.DataFram
     return frame.assign(p_true=true_response(frame, truth))
 
 
+class PolicyChoice(NamedTuple):
+    """One model's policy on the logged holdout exposures (best arm by predicted response,
+    control = no send) and what the logs and, on synthetic worlds, the truth say of it."""
+    P: np.ndarray            # predicted response, exposures × arm slots (models.arms.arm_matrix)
+    chosen: np.ndarray       # slot of the chosen arm per exposure
+    chosen_ids: np.ndarray   # its arm id
+    logged: np.ndarray       # the arm each exposure was logged at
+    y: np.ndarray            # its outcome
+    propensity: np.ndarray   # share of its campaign's exposures logged at that arm (randomized logs)
+    value_true: np.ndarray | None   # true response probability of the chosen arm (synthetic worlds)
+    T: np.ndarray | None     # true response of every slot (synthetic worlds)
+
+
+def policy_choice(expanded: pd.DataFrame, p: np.ndarray, truth: pd.DataFrame | None,
+                  view: tuple | None = None) -> PolicyChoice:
+    """`view`: `models.arms.logged_view(expanded, p)` if the caller already has it."""
+    arms, P, exposures, arm_ids, logged_slot = view if view is not None else logged_view(expanded, p)
+    rows = np.arange(len(exposures))
+    chosen = np.nanargmax(P, axis=1)
+    propensity = (exposures.groupby(["campaign_id", "variant_id"])["responded"].transform("size")
+                  / exposures.groupby("campaign_id")["responded"].transform("size")).to_numpy()
+    T = arm_matrix(expanded, true_response(expanded, truth))[1] if truth is not None else None
+    return PolicyChoice(P, chosen, arm_ids[rows, chosen], exposures["variant_id"].to_numpy(),
+                        exposures["responded"].to_numpy().astype(float), propensity,
+                        T[rows, chosen] if T is not None else None, T)
+
+
 def holdout_metrics(expanded: pd.DataFrame, p: np.ndarray, truth: pd.DataFrame | None) -> dict:
     """All holdout metrics for one model's per-arm predictions `p` (aligned with `expanded`);
     with `truth` (synthetic worlds) also the true policy value against the oracle."""
     from campaignops.models import metrics as m
 
-    arms, P, exposures, arm_ids, logged_slot = logged_view(expanded, p)
-    logged = exposures["variant_id"].to_numpy()
+    view = logged_view(expanded, p)
+    arms, P, exposures, arm_ids, logged_slot = view
     y = exposures["responded"].to_numpy().astype(float)
-    rows = np.arange(len(y))
-    p_logged = P[rows, logged_slot]
+    p_logged = P[np.arange(len(y)), logged_slot]
 
     out = {"holdout_rows": int(len(y)), "auc": m.auc(y, p_logged), "logloss": m.log_loss(y, p_logged),
            "ece": m.ece(y, p_logged)}
@@ -54,23 +81,50 @@ def holdout_metrics(expanded: pd.DataFrame, p: np.ndarray, truth: pd.DataFrame |
     out["qini"] = mean_qini(expanded, p, wide=(arms, P))
 
     # Policy: best arm by predicted response (control = no send).
-    chosen = np.nanargmax(P, axis=1)
-    propensity = (exposures.groupby(["campaign_id", "variant_id"])["responded"].transform("size")
-                  / exposures.groupby("campaign_id")["responded"].transform("size")).to_numpy()
-    chosen_ids = arm_ids[rows, chosen]
-    out["policy_value_ips"] = m.snips_policy_value(chosen_ids, logged, y, propensity)
-    out["control_value_ips"] = m.snips_policy_value(np.full(len(y), CONTROL, dtype=object), logged, y, propensity)
-    out["send_share"] = float(np.mean(chosen_ids != CONTROL))
+    c = policy_choice(expanded, p, truth, view)
+    out["policy_value_ips"] = m.snips_policy_value(c.chosen_ids, c.logged, c.y, c.propensity)
+    out["control_value_ips"] = m.snips_policy_value(np.full(len(y), CONTROL, dtype=object), c.logged, c.y,
+                                                    c.propensity)
+    out["send_share"] = float(np.mean(c.chosen_ids != CONTROL))
 
     if truth is not None:
-        _, T = arm_matrix(expanded, true_response(expanded, truth))
-        oracle = float(np.nanmean(np.nanmax(T, axis=1)))
-        control_true = float(np.mean(T[:, -1]))
-        policy_true = float(np.mean(T[rows, chosen]))
+        oracle = float(np.nanmean(np.nanmax(c.T, axis=1)))
+        control_true = float(np.mean(c.T[:, -1]))
+        policy_true = float(np.mean(c.value_true))
         out.update({"policy_value_true": policy_true, "oracle_value": oracle, "control_value_true": control_true,
                     "policy_value_fraction": m.fraction_of_oracle(policy_true, control_true, oracle),
                     "policy_to_oracle_ratio": policy_true / oracle})
     return out
+
+
+def policy_lead(a: PolicyChoice, b: PolicyChoice, draws: int = 200, seed: int = 0) -> dict:
+    """How far policy A (`policy_choice`) is ahead of policy B on the same holdout, and the
+    bootstrap sd of that lead over the holdout's exposures (paired: both policies on each
+    resample). The value is the true policy value on synthetic worlds, else SNIPS on the
+    randomized logs."""
+    n = len(a.y)
+    truth = a.value_true is not None and b.value_true is not None
+    if truth:
+        diff = a.value_true - b.value_true
+
+        def lead(c: np.ndarray) -> float:
+            return float(c @ diff / c.sum())
+    else:
+        wa, wb = (a.chosen_ids == a.logged) / a.propensity, (b.chosen_ids == b.logged) / b.propensity
+
+        def lead(c: np.ndarray) -> float:
+            ca, cb = c @ wa, c @ wb
+            return float(c @ (wa * a.y) / ca - c @ (wb * b.y) / cb) if ca > 0 and cb > 0 else float("nan")
+    rng = np.random.default_rng(seed)
+    boot = [lead(np.bincount(rng.integers(0, n, n), minlength=n).astype(float)) for _ in range(draws)]
+    return {"metric": "policy_value_true" if truth else "policy_value_ips",
+            "lead": lead(np.ones(n)), "sd": float(np.nanstd(boot, ddof=1)) if draws > 1 else float("nan")}
+
+
+def lead_verdict(lead: float, sd: float, tolerance_sd: float) -> str:
+    """ahead / behind when the lead is beyond tolerance_sd bootstrap sds either way, else tie."""
+    margin = tolerance_sd * sd if np.isfinite(sd) else 0.0
+    return "ahead" if lead > margin else "behind" if lead < -margin else "tie"
 
 
 def load_holdout(settings: Settings) -> tuple[pa.Table, pd.DataFrame, pd.DataFrame | None]:
@@ -142,7 +196,9 @@ def run(settings: Settings) -> dict:
     p_candidate, rev_candidate = candidate_model.predict_arrays(x_holdout)
     candidate = holdout_metrics(frame, p_candidate, truth)
     candidate["qini_random_sd"] = random_qini_sd(frame, draws=int(settings.params["evaluate"]["qini_noise_draws"]))
-    baselines = baseline_metrics(ws / layout.MODEL_DIR / "baselines", candidate_model.meta, x_holdout, frame, truth)
+    thresholds = settings.params["evaluate"]
+    baselines, vs_baselines = baseline_metrics(ws / layout.MODEL_DIR / "baselines", candidate_model.meta, x_holdout,
+                                               frame, truth, p_candidate, thresholds)
     champion, champion_version = None, None
     client = mlflow.MlflowClient()
     try:
@@ -153,16 +209,17 @@ def run(settings: Settings) -> dict:
     except mlflow.exceptions.MlflowException as exc:
         if "RESOURCE_DOES_NOT_EXIST" not in str(exc) and "not found" not in str(exc).lower():
             raise
-    thresholds = settings.params["evaluate"]
     passed, reasons = gate(candidate, champion, thresholds)
-    beats = beats_baselines(candidate, baselines)
-    references = reference_uplift(settings, candidate_model.meta, expanded, frame, p_candidate)
-    if thresholds.get("gate_on_baselines") and not all(beats.values()):
+    behind = [f"{name} ({v['metric']} {v['lead']:+.4f}, bootstrap sd {v['sd']:.4f})"
+              for name, v in vs_baselines.items() if v["verdict"] == "behind"]
+    if thresholds.get("gate_on_baselines") and behind:
         passed = False
-        reasons.append("candidate does not beat baselines: " + ", ".join(n for n, b in beats.items() if not b))
+        reasons.append(f"candidate trails baselines by more than {thresholds['baseline_tolerance_sd']} sd: "
+                       + ", ".join(behind))
+    references = reference_uplift(settings, candidate_model.meta, expanded, frame, p_candidate)
     report = {"run_id": record["run_id"], "model_uri": record["model_uri"], "candidate": candidate,
               "champion": champion, "champion_version": champion_version, "passed": passed,
-              "reasons": reasons, "thresholds": thresholds, "baselines": baselines, "beats_baselines": beats,
+              "reasons": reasons, "thresholds": thresholds, "baselines": baselines, "vs_baselines": vs_baselines,
               "uplift_references": references}
     with mlflow.start_run(run_id=record["run_id"]):
         mlflow.log_metrics({f"holdout_{k}": v for k, v in candidate.items() if np.isfinite(v)})
@@ -170,7 +227,10 @@ def run(settings: Settings) -> dict:
             mlflow.log_metrics({f"baseline_{name}.{k}": v for k, v in res.items() if np.isfinite(v)})
         mlflow.log_metrics(reference_metrics_flat(references))
         mlflow.set_tag("gate.passed", str(passed))
-        mlflow.set_tag("beats_baselines", str(all(beats.values())))
+        for name, v in vs_baselines.items():
+            mlflow.log_metrics({f"baseline_{name}.candidate_lead": v["lead"],
+                                f"baseline_{name}.candidate_lead_sd": v["sd"]})
+            mlflow.set_tag(f"vs_baseline.{name}", v["verdict"])
         if thresholds.get("report", True):
             paths = build_report(settings, report, candidate_model, x_holdout, expanded, frame, truth,
                                  p_candidate, rev_candidate)
@@ -182,12 +242,20 @@ def run(settings: Settings) -> dict:
     return report
 
 
-def baseline_metrics(root, meta: dict, x_holdout: dict, frame: pd.DataFrame, truth: pd.DataFrame | None) -> dict:
-    """holdout_metrics of every baseline saved by train.py under data/model/baselines."""
+def baseline_metrics(root, meta: dict, x_holdout: dict, frame: pd.DataFrame, truth: pd.DataFrame | None,
+                     p_candidate: np.ndarray, cfg: dict) -> tuple[dict, dict]:
+    """holdout_metrics of every baseline saved by train.py under data/model/baselines, and the
+    candidate's policy lead over each (policy_lead; verdict at cfg baseline_tolerance_sd)."""
     from campaignops.models.baselines import load_all
 
-    return {name: holdout_metrics(frame, model.predict(x_holdout), truth)
-            for name, model in load_all(root, meta).items()}
+    metrics, leads = {}, {}
+    candidate = policy_choice(frame, p_candidate, truth)
+    for name, model in load_all(root, meta).items():
+        p = model.predict(x_holdout)
+        metrics[name] = holdout_metrics(frame, p, truth)
+        lead = policy_lead(candidate, policy_choice(frame, p, truth), draws=int(cfg["baseline_lead_draws"]))
+        leads[name] = {**lead, "verdict": lead_verdict(lead["lead"], lead["sd"], float(cfg["baseline_tolerance_sd"]))}
+    return metrics, leads
 
 
 # --------------------------------------------------------------------------- reference uplift models
@@ -279,12 +347,6 @@ def reference_metrics_flat(references: dict) -> dict[str, float]:
     """MLflow metric names ref.<campaign>/<variant>.<model>.<metric> of the finite values."""
     return {f"ref.{arm}.{model}.{metric}": float(v) for arm, res in references.get("arms", {}).items()
             for model, vals in res.items() if model != "rows" for metric, v in vals.items() if np.isfinite(v)}
-
-
-def beats_baselines(candidate: dict, baselines: dict) -> dict[str, bool]:
-    """Candidate ≥ baseline on the policy value (true where the truth exists, else IPS) and on Qini."""
-    key = "policy_value_true" if "policy_value_true" in candidate else "policy_value_ips"
-    return {name: bool(candidate[key] >= b[key] and candidate["qini"] >= b["qini"]) for name, b in baselines.items()}
 
 
 def build_report(settings: Settings, evaluation: dict, model, x_holdout: dict, expanded: pa.Table,

@@ -273,6 +273,14 @@ def render_html(evaluation: dict, figs: dict[str, bytes], segments: list[dict], 
         f"{html.escape('; '.join(evaluation.get('reasons') or []))}</p>",
         "<h2>Candidate vs champion vs baselines (holdout)</h2>", _table(comparison, ["model", *keys]),
     ]
+    leads = evaluation.get("vs_baselines") or {}
+    if leads:
+        k = (evaluation.get("thresholds") or {}).get("baseline_tolerance_sd")
+        parts += [f"<h2>Does the candidate earn its place?</h2><p>The candidate's policy value minus each "
+                  f"baseline's on the same holdout, with the bootstrap sd of that paired lead over the holdout's "
+                  f"exposures; ahead / behind beyond {html.escape(str(k))} sd, else tie.</p>",
+                  _table([{"baseline": n, **v} for n, v in leads.items()], ["baseline", "metric", "lead", "sd",
+                                                                            "verdict"])]
     titles = {"qini_per_arm.png": "Qini curves per arm", "uplift_by_decile.png": "Uplift by decile",
               "calibration.png": "Calibration / reliability", "predicted_vs_actual.png": "Predicted vs actual",
               "attributions.png": "Feature attributions (permutation importance)"}

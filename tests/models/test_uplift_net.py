@@ -182,3 +182,21 @@ def test_batch_shuffling_is_seeded_and_learns_like_row_shuffling():
     assert any(not np.array_equal(wa, wc) for wa, wc in zip(a.get_weights(), c.get_weights()))
     _, auc_rows = fit(shuffle="rows")
     assert auc_a > 0.6 and abs(auc_a - auc_rows) < 0.05
+
+
+def test_steps_per_execution_batches_the_dispatch_not_the_updates():
+    x, y, _ = world(1200, seed=8)
+    xv, yv, _ = world(400, seed=9)
+    params = {**PARAMS, "encoder": "attention", "target_attention": "dot", "epochs": 2, "patience": 10,
+              "shuffle": "batches", "seed": 1}
+
+    def fit(steps):
+        keras.utils.set_random_seed(0)
+        model = build_model(META, {**params, "steps_per_execution": steps}, N_PROFILE, N_VARIANT)
+        fit_network(model, {**params, "steps_per_execution": steps}, x, y, y * 0, xv, yv, yv * 0)
+        return model
+
+    one, many = fit(1), fit(4)     # 1200 rows / 128 = 10 batches: two full calls of 4 and a remainder
+    assert many.steps_per_execution == 4
+    for a, b in zip(one.get_weights(), many.get_weights()):
+        np.testing.assert_array_equal(a, b)

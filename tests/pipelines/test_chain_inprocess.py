@@ -44,6 +44,12 @@ def test_chain_registers_a_champion_and_scores_every_user(chain_env):
     train.run(settings)
     ev = evaluate.run(settings)
     assert ev["passed"] and ev["champion"] is None and 0.0 <= ev["candidate"]["auc"] <= 1.0
+    assert set(ev["vs_baselines"]) == set(ev["baselines"]) == set(settings.params["train"]["baselines"])
+    for name, v in ev["vs_baselines"].items():    # the candidate's paired lead over each baseline
+        assert v["metric"] == "policy_value_true" and v["verdict"] in ("ahead", "tie", "behind")
+        assert v["sd"] > 0 or v["lead"] == 0          # no spread only when both pick the same arms
+        assert v["lead"] == pytest.approx(ev["candidate"]["policy_value_true"]
+                                          - ev["baselines"][name]["policy_value_true"], abs=1e-12)
     first = promote.run(settings)
     assert first["promoted"] and first["champion_version"] is not None
 

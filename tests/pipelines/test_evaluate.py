@@ -62,16 +62,35 @@ def test_gate_reasons_name_the_failing_metric_and_champion():
     assert gate(good, {**good, "policy_value_true": 0.204}, THRESHOLDS)[0]  # within tolerance
 
 
-def test_beats_baselines_needs_policy_value_and_qini():
-    from campaignops.pipelines.evaluate import beats_baselines
+def test_policy_lead_is_the_difference_in_policy_value_with_a_paired_bootstrap_sd():
+    from campaignops.pipelines.evaluate import lead_verdict, policy_choice, policy_lead
 
-    cand = {"policy_value_true": 0.2, "qini": 0.05}
-    out = beats_baselines(cand, {"weak": {"policy_value_true": 0.1, "qini": 0.01},
-                                 "better_qini": {"policy_value_true": 0.1, "qini": 0.2},
-                                 "better_value": {"policy_value_true": 0.3, "qini": 0.0}})
-    assert out == {"weak": True, "better_qini": False, "better_value": False}
-    assert beats_baselines({"policy_value_ips": 0.2, "qini": 0.1}, {"b": {"policy_value_ips": 0.21, "qini": 0.0}}) \
-        == {"b": False}
+    frame, truth = randomized_world()
+    p_true = frame.merge(truth.rename(columns={"variant_id": "arm_id"}), on=["exposure_id", "arm_id"])["p_response"]
+    oracle = p_true.to_numpy()
+    noise = np.random.default_rng(1).uniform(0, 1, len(frame))
+    for t in (truth, None):    # true policy value (synthetic) and SNIPS on the logs (real data)
+        a, b = holdout_metrics(frame, oracle, t), holdout_metrics(frame, noise, t)
+        lead = policy_lead(policy_choice(frame, oracle, t), policy_choice(frame, noise, t), draws=200)
+        key = "policy_value_true" if t is not None else "policy_value_ips"
+        assert lead["metric"] == key
+        assert lead["lead"] == pytest.approx(a[key] - b[key], abs=1e-12)
+        assert 0 < lead["sd"] < abs(lead["lead"]) / 3      # the oracle's lead over noise is far beyond its sd
+        assert lead_verdict(lead["lead"], lead["sd"], 2.0) == "ahead"
+        back = policy_lead(policy_choice(frame, noise, t), policy_choice(frame, oracle, t), draws=200)
+        assert back["lead"] == pytest.approx(-lead["lead"]) and back["sd"] == pytest.approx(lead["sd"])
+        assert lead_verdict(back["lead"], back["sd"], 2.0) == "behind"
+    # same choices: no lead, no spread
+    same = policy_lead(policy_choice(frame, oracle, truth), policy_choice(frame, oracle + 1e-3, truth), draws=50)
+    assert same["lead"] == 0 and same["sd"] == 0 and lead_verdict(same["lead"], same["sd"], 2.0) == "tie"
+    # The sd is that of the paired difference: far below the sd of either model's value alone.
+    rng = np.random.default_rng(2)
+    near = oracle + rng.normal(0, 0.01, len(oracle))
+    lead = policy_lead(policy_choice(frame, oracle, truth), policy_choice(frame, near, truth), draws=200)
+    n = frame["exposure_id"].nunique()
+    assert lead["sd"] < truth.groupby("exposure_id")["p_response"].max().std() / np.sqrt(n) / 3
+    assert lead_verdict(0.01, 0.004, 2.0) == "ahead" and lead_verdict(0.007, 0.004, 2.0) == "tie"
+    assert lead_verdict(-0.009, 0.004, 2.0) == "behind" and lead_verdict(-0.001, float("nan"), 2.0) == "behind"
 
 
 def test_qini_floor_allows_a_random_rankings_noise_but_not_a_clear_loss():

@@ -86,13 +86,17 @@ def test_write_report_html_and_figures(world, tmp_path):
     frame, truth, p = world
     evaluation = {"run_id": "r1", "passed": True, "reasons": [],
                   "candidate": holdout_metrics(frame, p, truth),
-                  "baselines": {"tlearner_gbt": holdout_metrics(frame, np.full(len(p), 0.1), truth)}}
+                  "baselines": {"tlearner_gbt": holdout_metrics(frame, np.full(len(p), 0.1), truth)},
+                  "thresholds": {"baseline_tolerance_sd": 2.0},
+                  "vs_baselines": {"tlearner_gbt": {"metric": "policy_value_true", "lead": 0.0123, "sd": 0.0021,
+                                                    "verdict": "ahead"}}}
     attributions = [{"feature": "a", "group": "profile", "auc_drop": 0.1},
                     {"feature": "sequence", "group": "sequence", "auc_drop": 0.02}]
     paths = r.write_report(tmp_path, evaluation, frame, p, truth, [{"segment": "s", "value": "x", "auc": 0.6}],
                            attributions, None)
     page = paths["html"].read_text()
     assert "baseline tlearner_gbt" in page and page.count("<img") == 5
+    assert "earn its place" in page and "<td>0.0123</td><td>0.0021</td><td>ahead</td>" in page
     for name in ("qini_per_arm.png", "uplift_by_decile.png", "calibration.png", "predicted_vs_actual.png",
                  "attributions.png"):
         assert paths[name].read_bytes()[:4] == b"\x89PNG"
