@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -45,7 +47,8 @@ def make_workspace(tmp: Path, params_update=None) -> Path:
 @contextmanager
 def sandbox_stack(tmp: Path, params_update=None) -> Iterator:
     """Workspace copy + stack up on free ports (env vars set in this process); yields Settings;
-    stops exactly what it started and restores the environment."""
+    stops exactly what it started and restores the environment — also when the process is sent
+    SIGTERM (`kill`, a CI timeout), which otherwise ends Python without running this cleanup."""
     ws = make_workspace(tmp, params_update)
     env = {"CAMPAIGNOPS_WORKSPACE": str(ws), "CAMPAIGNOPS_STATE": str(tmp / "state"),
            # Runs here are triggered by hand and waited for: no daily run racing them.
@@ -57,10 +60,21 @@ def sandbox_stack(tmp: Path, params_update=None) -> Iterator:
     from campaignops.config import load_settings
     from campaignops.infra import stack as stack_mod
 
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         stack_mod.up(load_settings())
         yield load_settings()
     finally:
-        stack_mod.down(load_settings())
-        os.environ.clear()
-        os.environ.update(saved)
+        try:
+            stack_mod.down(load_settings())
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)

@@ -135,6 +135,24 @@ def test_sandbox_stacks_run_no_scheduled_dag_runs(settings, monkeypatch, tmp_pat
     assert "CAMPAIGNOPS_AIRFLOW_SCHEDULES" not in os.environ            # the environment is restored
 
 
+def test_sandbox_stack_stops_its_servers_when_the_process_is_terminated(settings, monkeypatch, tmp_path):
+    """`kill <pid>` of a benchmark or test run must not leave its SeaweedFS/MLflow/Airflow behind."""
+    from campaignops.infra import sandbox
+
+    calls = []
+    monkeypatch.setattr(sandbox, "make_workspace", lambda tmp, update=None: tmp / "ws")
+    monkeypatch.setattr(stack, "up", lambda s: calls.append("up"))
+    monkeypatch.setattr(stack, "down", lambda s: calls.append("down"))
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "params.yaml").write_text((settings.workspace / "params.yaml").read_text())
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exc:
+        with sandbox.sandbox_stack(tmp_path):
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert exc.value.code == 128 + signal.SIGTERM and calls == ["up", "down"]
+    assert signal.getsignal(signal.SIGTERM) == before and "CAMPAIGNOPS_AIRFLOW_SCHEDULES" not in os.environ
+
+
 class _Resp:
     def __init__(self, status, body):
         self.status_code, self._body = status, body
