@@ -66,7 +66,7 @@ def run_size(users: int, epochs: int | None) -> dict:
                 "gate_passed": evaluation["passed"],
                 "holdout": _figures(evaluation["candidate"]),
                 "baselines": {name: _figures(b) for name, b in evaluation["baselines"].items()},
-                "vs_baselines": {name: {k: round(v[k], 4) if isinstance(v[k], float) else v[k]
+                "vs_baselines": {name: {k: round(v[k], 6) if isinstance(v[k], float) else v[k]
                                         for k in ("lead", "sd", "verdict")}
                                  for name, v in evaluation.get("vs_baselines", {}).items()},
                 "baseline_train_rows": train.get("baseline_train_rows")}
