@@ -122,7 +122,10 @@ def policy_lead(a: PolicyChoice, b: PolicyChoice, draws: int = 200, seed: int = 
 
 
 def lead_verdict(lead: float, sd: float, tolerance_sd: float) -> str:
-    """ahead / behind when the lead is beyond tolerance_sd bootstrap sds either way, else tie."""
+    """ahead / behind when the lead is beyond tolerance_sd bootstrap sds either way, else tie
+    (undetermined when the lead is: SNIPS without a single logged match)."""
+    if not np.isfinite(lead):
+        return "undetermined"
     margin = tolerance_sd * sd if np.isfinite(sd) else 0.0
     return "ahead" if lead > margin else "behind" if lead < -margin else "tie"
 
@@ -210,7 +213,7 @@ def run(settings: Settings) -> dict:
         if "RESOURCE_DOES_NOT_EXIST" not in str(exc) and "not found" not in str(exc).lower():
             raise
     passed, reasons = gate(candidate, champion, thresholds)
-    behind = [f"{name} ({v['metric']} {v['lead']:+.4f}, bootstrap sd {v['sd']:.4f})"
+    behind = [f"{name} ({v['metric']} {v['lead']:+.4f}, bootstrap sd {v['sd']:.2g})"
               for name, v in vs_baselines.items() if v["verdict"] == "behind"]
     if thresholds.get("gate_on_baselines") and behind:
         passed = False

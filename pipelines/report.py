@@ -279,8 +279,8 @@ def render_html(evaluation: dict, figs: dict[str, bytes], segments: list[dict], 
         parts += [f"<h2>Does the candidate earn its place?</h2><p>The candidate's policy value minus each "
                   f"baseline's on the same holdout, with the bootstrap sd of that paired lead over the holdout's "
                   f"exposures; ahead / behind beyond {html.escape(str(k))} sd, else tie.</p>",
-                  _table([{"baseline": n, **v} for n, v in leads.items()], ["baseline", "metric", "lead", "sd",
-                                                                            "verdict"])]
+                  _table([{"baseline": n, **v, "sd": f"{v['sd']:.2g}"} for n, v in leads.items()],
+                         ["baseline", "metric", "lead", "sd", "verdict"])]
     titles = {"qini_per_arm.png": "Qini curves per arm", "uplift_by_decile.png": "Uplift by decile",
               "calibration.png": "Calibration / reliability", "predicted_vs_actual.png": "Predicted vs actual",
               "attributions.png": "Feature attributions (permutation importance)"}

@@ -24,7 +24,7 @@ def load_split(settings: Settings, split: str, every_arm: bool = False):
 
 def training_arrays(settings: Settings, split: str, meta: dict):
     """(encoded inputs, responded as float32, revenue) of a split; the Arrow table they come from
-    is dropped on return (at 1M users it holds ~2 GB the fit does not need)."""
+    is dropped on return (at 1M users it holds ~1.5 GiB the fit does not need)."""
     from campaignops.models.inputs import encode
 
     table = load_split(settings, split)

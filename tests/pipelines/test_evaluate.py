@@ -91,6 +91,7 @@ def test_policy_lead_is_the_difference_in_policy_value_with_a_paired_bootstrap_s
     assert lead["sd"] < truth.groupby("exposure_id")["p_response"].max().std() / np.sqrt(n) / 3
     assert lead_verdict(0.01, 0.004, 2.0) == "ahead" and lead_verdict(0.007, 0.004, 2.0) == "tie"
     assert lead_verdict(-0.009, 0.004, 2.0) == "behind" and lead_verdict(-0.001, float("nan"), 2.0) == "behind"
+    assert lead_verdict(float("nan"), 0.01, 2.0) == "undetermined"
 
 
 def test_qini_floor_allows_a_random_rankings_noise_but_not_a_clear_loss():
