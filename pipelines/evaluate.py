@@ -40,7 +40,9 @@ def attach_truth(frame: pd.DataFrame, truth: pd.DataFrame | None) -> pd.DataFram
 class PolicyChoice(NamedTuple):
     """One model's policy on the logged holdout exposures (best arm by predicted response,
     control = no send) and what the logs and, on synthetic worlds, the truth say of it."""
-    P: np.ndarray            # predicted response, exposures × arm slots (models.arms.arm_matrix)
+    arms: pd.DataFrame       # arm id per slot, one row per exposure (models.arms.arm_matrix)
+    P: np.ndarray            # predicted response, exposures × arm slots
+    logged_slot: np.ndarray  # slot of the arm each exposure was logged at
     chosen: np.ndarray       # slot of the chosen arm per exposure
     chosen_ids: np.ndarray   # its arm id
     logged: np.ndarray       # the arm each exposure was logged at
@@ -50,40 +52,38 @@ class PolicyChoice(NamedTuple):
     T: np.ndarray | None     # true response of every slot (synthetic worlds)
 
 
-def policy_choice(expanded: pd.DataFrame, p: np.ndarray, truth: pd.DataFrame | None,
-                  view: tuple | None = None) -> PolicyChoice:
-    """`view`: `models.arms.logged_view(expanded, p)` if the caller already has it."""
-    arms, P, exposures, arm_ids, logged_slot = view if view is not None else logged_view(expanded, p)
+def policy_choice(expanded: pd.DataFrame, p: np.ndarray, truth: pd.DataFrame | None) -> PolicyChoice:
+    arms, P, exposures, arm_ids, logged_slot = logged_view(expanded, p)
     rows = np.arange(len(exposures))
     chosen = np.nanargmax(P, axis=1)
     propensity = (exposures.groupby(["campaign_id", "variant_id"])["responded"].transform("size")
                   / exposures.groupby("campaign_id")["responded"].transform("size")).to_numpy()
     T = arm_matrix(expanded, true_response(expanded, truth))[1] if truth is not None else None
-    return PolicyChoice(P, chosen, arm_ids[rows, chosen], exposures["variant_id"].to_numpy(),
+    return PolicyChoice(arms, P, logged_slot, chosen, arm_ids[rows, chosen], exposures["variant_id"].to_numpy(),
                         exposures["responded"].to_numpy().astype(float), propensity,
                         T[rows, chosen] if T is not None else None, T)
 
 
-def holdout_metrics(expanded: pd.DataFrame, p: np.ndarray, truth: pd.DataFrame | None) -> dict:
+def holdout_metrics(expanded: pd.DataFrame, p: np.ndarray, truth: pd.DataFrame | None,
+                    choice: PolicyChoice | None = None) -> dict:
     """All holdout metrics for one model's per-arm predictions `p` (aligned with `expanded`);
-    with `truth` (synthetic worlds) also the true policy value against the oracle."""
+    with `truth` (synthetic worlds) also the true policy value against the oracle. `choice`:
+    `policy_choice(expanded, p, truth)` if the caller already has it."""
     from campaignops.models import metrics as m
 
-    view = logged_view(expanded, p)
-    arms, P, exposures, arm_ids, logged_slot = view
-    y = exposures["responded"].to_numpy().astype(float)
-    p_logged = P[np.arange(len(y)), logged_slot]
+    c = choice if choice is not None else policy_choice(expanded, p, truth)
+    y = c.y
+    p_logged = c.P[np.arange(len(y)), c.logged_slot]
 
     out = {"holdout_rows": int(len(y)), "auc": m.auc(y, p_logged), "logloss": m.log_loss(y, p_logged),
            "ece": m.ece(y, p_logged)}
 
     # Qini per (campaign, treatment arm) against that campaign's control, then the mean.
-    out["qini"] = mean_qini(expanded, p, wide=(arms, P))
+    out["qini"] = mean_qini(expanded, p, wide=(c.arms, c.P))
 
     # Policy: best arm by predicted response (control = no send).
-    c = policy_choice(expanded, p, truth, view)
-    out["policy_value_ips"] = m.snips_policy_value(c.chosen_ids, c.logged, c.y, c.propensity)
-    out["control_value_ips"] = m.snips_policy_value(np.full(len(y), CONTROL, dtype=object), c.logged, c.y,
+    out["policy_value_ips"] = m.snips_policy_value(c.chosen_ids, c.logged, y, c.propensity)
+    out["control_value_ips"] = m.snips_policy_value(np.full(len(y), CONTROL, dtype=object), c.logged, y,
                                                     c.propensity)
     out["send_share"] = float(np.mean(c.chosen_ids != CONTROL))
 
@@ -197,11 +197,12 @@ def run(settings: Settings) -> dict:
 
     x_holdout = encode(expanded, candidate_model.meta)
     p_candidate, rev_candidate = candidate_model.predict_arrays(x_holdout)
-    candidate = holdout_metrics(frame, p_candidate, truth)
+    candidate_choice = policy_choice(frame, p_candidate, truth)
+    candidate = holdout_metrics(frame, p_candidate, truth, candidate_choice)
     candidate["qini_random_sd"] = random_qini_sd(frame, draws=int(settings.params["evaluate"]["qini_noise_draws"]))
     thresholds = settings.params["evaluate"]
     baselines, vs_baselines = baseline_metrics(ws / layout.MODEL_DIR / "baselines", candidate_model.meta, x_holdout,
-                                               frame, truth, p_candidate, thresholds)
+                                               frame, truth, candidate_choice, thresholds)
     champion, champion_version = None, None
     client = mlflow.MlflowClient()
     try:
@@ -246,17 +247,17 @@ def run(settings: Settings) -> dict:
 
 
 def baseline_metrics(root, meta: dict, x_holdout: dict, frame: pd.DataFrame, truth: pd.DataFrame | None,
-                     p_candidate: np.ndarray, cfg: dict) -> tuple[dict, dict]:
+                     candidate: PolicyChoice, cfg: dict) -> tuple[dict, dict]:
     """holdout_metrics of every baseline saved by train.py under data/model/baselines, and the
     candidate's policy lead over each (policy_lead; verdict at cfg baseline_tolerance_sd)."""
     from campaignops.models.baselines import load_all
 
     metrics, leads = {}, {}
-    candidate = policy_choice(frame, p_candidate, truth)
     for name, model in load_all(root, meta).items():
         p = model.predict(x_holdout)
-        metrics[name] = holdout_metrics(frame, p, truth)
-        lead = policy_lead(candidate, policy_choice(frame, p, truth), draws=int(cfg["baseline_lead_draws"]))
+        choice = policy_choice(frame, p, truth)
+        metrics[name] = holdout_metrics(frame, p, truth, choice)
+        lead = policy_lead(candidate, choice, draws=int(cfg["baseline_lead_draws"]))
         leads[name] = {**lead, "verdict": lead_verdict(lead["lead"], lead["sd"], float(cfg["baseline_tolerance_sd"]))}
     return metrics, leads
 

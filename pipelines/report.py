@@ -18,7 +18,7 @@ import pandas as pd
 
 from campaignops.models import metrics as m
 from campaignops.models.arms import arm_groups, arm_matrix, logged_view
-from campaignops.pipelines.evaluate import true_response
+from campaignops.pipelines.evaluate import policy_choice, true_response
 from campaignops.validation.contract import CONTROL
 
 
@@ -153,17 +153,15 @@ def forecast_vs_actual(frame: pd.DataFrame, p: np.ndarray, revenue_pred: np.ndar
     the holdout, and predicted-vs-actual on the exposures whose randomized logged arm equals the
     chosen arm (there the realized outcome is the policy's outcome). `revenue_actual` is the
     realized revenue per exposure_id."""
-    arms, P, exposures, arm_ids, logged_slot = logged_view(frame, p)
+    c = policy_choice(frame, p, None)
     _, R = arm_matrix(frame, revenue_pred)
-    rows = np.arange(len(arms))
-    chosen = np.nanargmax(P, axis=1)
-    chosen_ids = arm_ids[rows, chosen]
-    sent = chosen_ids != CONTROL
-    full = forecast_effect(P[rows, chosen], R[rows, chosen], sent, n_boot, seed)
-    match = chosen == logged_slot
-    fc = forecast_effect(P[rows, chosen][match], R[rows, chosen][match], sent[match], n_boot, seed)
-    y = exposures["responded"].to_numpy().astype(float)[match]
-    rv = revenue_actual.reindex(arms.index).to_numpy(float)[match]
+    rows, chosen = np.arange(len(c.arms)), c.chosen
+    sent = c.chosen_ids != CONTROL
+    full = forecast_effect(c.P[rows, chosen], R[rows, chosen], sent, n_boot, seed)
+    match = chosen == c.logged_slot
+    fc = forecast_effect(c.P[rows, chosen][match], R[rows, chosen][match], sent[match], n_boot, seed)
+    y = c.y[match]
+    rv = revenue_actual.reindex(c.arms.index).to_numpy(float)[match]
     orders = y.sum()
     actual = {"participation_rate": y[sent[match]].sum() / max(sent[match].sum(), 1),
               "conversion_rate": orders / max(len(y), 1), "orders": orders, "gmv": rv.sum(),
