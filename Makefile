@@ -5,9 +5,19 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 UV_VERSION := 0.13.9
 
-.PHONY: install demo down status test test-unit test-e2e bench lock clean-state
+.PHONY: install java demo down status test test-unit test-e2e bench lock clean-state
 
-install: $(STAMP)
+install: java $(STAMP)
+
+## Java 17 for the Spark engine (pyspark starts a JVM): Debian's package if `java` is missing.
+java:
+	@java -version >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null; then \
+	    echo "java not found: installing openjdk-17-jre-headless with apt-get (for the Spark engine)"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openjdk-17-jre-headless; \
+	  else \
+	    echo "WARNING: java not found and no apt-get here: install a Java 17 runtime for the Spark engine (--engine spark, tests marked spark)" >&2; \
+	  fi; }
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

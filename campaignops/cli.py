@@ -168,11 +168,28 @@ def promote(rollback: bool = typer.Option(False, help="make the previous champio
 
 @app.command()
 def score(campaign_id: Optional[str] = typer.Option(None, help="campaign to score (default: the upcoming one)"),
-          budget: Optional[float] = typer.Option(None, help="send budget in currency (default: params)")) -> None:
-    """Score every user × variant with the champion; write the targeting to S3."""
+          budget: Optional[str] = typer.Option(None, help="send budget in currency (default: params score.default_budget)"),
+          engine: Optional[str] = typer.Option(None, help="local | spark (default: params score.engine)"),
+          exploration_share: Optional[float] = typer.Option(
+              None, help="share of users given a uniformly random arm (default: params score.exploration.share)"),
+          use_last_validated: bool = typer.Option(
+              False, help="if the ingested batch failed validation, score the last validated batch (recorded)"),
+          replay: bool = typer.Option(False, help="re-score a campaign that has already ended (analysis only)")) -> None:
+    """Score every user × variant with the champion; commit the targeting to S3 (scores/<campaign>/<run>/)."""
     from campaignops.pipelines import score as step
+    from campaignops.pipelines.drift import DriftDetected
 
-    _print(step.run(load_settings(), campaign_id=campaign_id, budget=budget))
+    exploration = None if exploration_share is None else {"share": exploration_share}
+    try:
+        manifest = step.run(load_settings(), campaign_id=campaign_id, budget=budget, engine=engine,
+                            exploration=exploration, allow_last_validated=use_last_validated, replay=replay)
+    except step.RequestError as exc:
+        console.print(f"[red]score refused:[/] {exc}")
+        raise typer.Exit(2)
+    except DriftDetected as exc:
+        console.print(f"[red]drift gate blocked scoring:[/] {exc}")
+        raise typer.Exit(1)
+    _print(step.summary(manifest))
 
 
 if __name__ == "__main__":

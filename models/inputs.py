@@ -10,6 +10,8 @@ RECENT = 10  # events counted as "recent" for the target-category affinity cross
 
 
 def _column(frame, name: str) -> np.ndarray:
+    if isinstance(frame, dict):
+        return np.asarray(frame[name])
     if isinstance(frame, pa.Table):
         col = frame.column(name)
         if pa.types.is_fixed_size_list(col.type) or pa.types.is_list(col.type):
@@ -90,6 +92,12 @@ def select_inputs(model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 def encode(frame: pa.Table | pd.DataFrame, meta: dict) -> dict[str, np.ndarray]:
     """Return {"seq", "seq_pos", <seq channels>, "profile", "variant"} arrays for a frame of
     user × arm rows. seq_pos is the slot index 1..K of real steps (K = the most recent), 0 on padding."""
+    user = encode_user(frame, meta)
+    return {**user, "variant": encode_variant(frame, meta, user["seq"])}
+
+
+def encode_user(frame: pa.Table | pd.DataFrame, meta: dict) -> dict[str, np.ndarray]:
+    """The user part of the inputs ({"seq", "seq_pos", <seq channels>, "profile"}) of a frame's rows."""
     n = frame.num_rows if isinstance(frame, pa.Table) else len(frame)
     seq_len = meta["seq_len"]
     seq = _column(frame, "seq_tokens").astype(np.int32).reshape(n, seq_len)
@@ -97,7 +105,13 @@ def encode(frame: pa.Table | pd.DataFrame, meta: dict) -> dict[str, np.ndarray]:
     seq_pos = np.where(seq > 0, np.arange(1, seq_len + 1, dtype=np.int32)[None, :], 0).astype(np.int32)
     profile = np.stack([_column(frame, c).astype(np.float32) for c in meta["profile_cols"]], axis=1) \
         if n and meta["profile_cols"] else np.zeros((n, len(meta["profile_cols"])), np.float32)
+    return {"seq": seq, "seq_pos": seq_pos, **seq_extra, "profile": profile}
 
+
+def encode_variant(frame, meta: dict, seq: np.ndarray) -> np.ndarray:
+    """The "variant" input [rows, variant_dim]: the arm's attributes and the user × arm crosses.
+    `frame` has the arm columns (ARM_COLUMNS) and the profile columns the crosses read."""
+    n = len(seq)
     types, channels = np.asarray(_column(frame, "type"), dtype=object), np.asarray(_column(frame, "channel"), dtype=object)
     parts = [_column(frame, "is_control").astype(np.float32)[:, None]]
     parts += [(types == t).astype(np.float32)[:, None] for t in meta["campaign_types"]]
@@ -108,8 +122,27 @@ def encode(frame: pa.Table | pd.DataFrame, meta: dict) -> dict[str, np.ndarray]:
     parts += list(target_affinity(seq, targets, meta).T[:, :, None])
     parts += _history_cross_values(frame, meta, types, channels, targets, parts[0][:, 0])
     parts += [(targets == t).astype(np.float32)[:, None] for t in meta.get("arm_targets", [])]
-    variant = np.concatenate(parts, axis=1) if n else np.zeros((0, variant_dim(meta)), np.float32)
-    return {"seq": seq, "seq_pos": seq_pos, **seq_extra, "profile": profile, "variant": variant}
+    return np.concatenate(parts, axis=1) if n else np.zeros((0, variant_dim(meta)), np.float32)
+
+
+ARM_COLUMNS = ("is_control", "type", "discount_rate", "channel", "target_category", "cost_per_send")
+
+
+def encode_arms(users: pa.Table, arms: list[dict], meta: dict, seq: np.ndarray) -> np.ndarray:
+    """The "variant" input of every user under every arm, [users, arms, variant_dim]: what
+    encode() gives for the user × arm rows, without repeating the users' sequences per arm."""
+    n = users.num_rows
+    cache: dict[str, np.ndarray] = {}
+
+    class _Frame(dict):
+        def __missing__(self, name):   # profile columns, read once for all arms
+            if name not in cache:
+                cache[name] = _column(users, name)
+            return cache[name]
+
+    out = [encode_variant(_Frame({c: np.full(n, arm[c], dtype=object if isinstance(arm[c], str) else np.float64)
+                                  for c in ARM_COLUMNS}), meta, seq) for arm in arms]
+    return np.stack(out, axis=1) if arms else np.zeros((n, 0, variant_dim(meta)), np.float32)
 
 
 def target_affinity(seq: np.ndarray, target_category: np.ndarray, meta: dict) -> np.ndarray:

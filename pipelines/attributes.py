@@ -1,10 +1,12 @@
 """Pivots the optional raw table `user_attributes` (long: user, name, as_of, value) into profile
 columns, point-in-time: a point at time t sees, per attribute, the user's latest value with
-as_of strictly before t, or nothing.
+as_of <= t, or nothing. A row states the user's value as of `as_of`, so it is known AT as_of
+(inclusive, unlike events, which a point sees only strictly before t): attributes stamped at a
+campaign's start (an import's default) are seen by scoring as of that start, as by training.
 
-Which columns exist is fitted once on the attribute rows known strictly before the features'
-fit time (`profile_fit.fit_as_of`, the earliest exposure) and stored in meta.json:
-- a numeric attribute (no string value before the fit time) → `attr_<name>` (the value, 0 when
+Which columns exist is fitted once on the attribute rows known at the features' fit time
+(`profile_fit.fit_as_of`, the earliest exposure; as_of <= fit_as_of) and stored in meta.json:
+- a numeric attribute (no string value at the fit time) → `attr_<name>` (the value, 0 when
   unknown) plus `attr_<name>__missing` if some user had no value at the fit time;
 - a categorical one → `attr_<name>__<value>` one-hots over its `max_categories` most frequent
   values held by at least `min_users` users (ties by value; other values: all zeros) plus
@@ -51,13 +53,13 @@ def prepare(con: duckdb.DuckDBPyConnection, validated_dir: Path, fit_as_of: str,
     cut = f"TIMESTAMP {_lit(fit_as_of)}"
     n_users = con.execute("SELECT count(*) FROM ids").fetchone()[0]
     kinds = con.execute(f"""SELECT name, count(value_str) AS n_str, count(DISTINCT ukey) AS users
-                           FROM _attr WHERE as_of < {cut} GROUP BY name ORDER BY name""").fetchall()
+                           FROM _attr WHERE as_of <= {cut} GROUP BY name ORDER BY name""").fetchall()
     spec = []
     for name, n_str, users in kinds:
         item = {"name": name, "kind": "categorical" if n_str else "numeric", "missing": users < n_users}
         if n_str:
             rows = con.execute(f"""SELECT value_str, count(DISTINCT ukey) AS n FROM _attr
-                                   WHERE as_of < {cut} AND name = ? AND value_str IS NOT NULL
+                                   WHERE as_of <= {cut} AND name = ? AND value_str IS NOT NULL
                                    GROUP BY 1 HAVING n >= ? ORDER BY n DESC, value_str LIMIT ?""",
                                [name, int(min_users), int(max_categories)]).fetchall()
             item["values"] = sorted(v for v, _ in rows)
@@ -91,7 +93,8 @@ def columns(spec: list[dict] | None) -> list[str]:
 
 
 def pivot(con: duckdb.DuckDBPyConnection, user_keys: pa.Array, ts: pa.Array, spec: list[dict]) -> pa.Table:
-    """Attribute columns for points (user pseudonym, ts), in the points' order."""
+    """Attribute columns for points (user pseudonym, ts), in the points' order: per attribute the
+    latest value with as_of <= ts."""
     cols = [(c, sql) for item in spec for c, sql in _item_columns(item)]
     n = len(user_keys)
     if not cols:
@@ -102,7 +105,7 @@ def pivot(con: duckdb.DuckDBPyConnection, user_keys: pa.Array, ts: pa.Array, spe
     sql = f"""
       WITH last AS (
         SELECT p._i, a.name, arg_max(struct_pack(vn := a.value_num, vs := a.value_str), a.as_of) AS v
-        FROM _apts p JOIN _attr a ON a.ukey = p.ukey AND a.as_of < p.ts AND a.name IN ({names})
+        FROM _apts p JOIN _attr a ON a.ukey = p.ukey AND a.as_of <= p.ts AND a.name IN ({names})
         GROUP BY p._i, a.name),
       flat AS (SELECT _i, name, v.vn AS vn, v.vs AS vs FROM last),
       wide AS (SELECT _i, {", ".join(f'{sql} AS "{c}"' for c, sql in cols)} FROM flat GROUP BY _i)

@@ -1,11 +1,13 @@
 """Builds point-in-time model features: behaviour sequences, user profiles and campaign/variant
 attributes for each exposure (training) or for every user at a cut-off (scoring).
 
-Every feature of a point (an exposure, or a user at a cut-off) uses only data strictly before the
-point's time: events before it, and past campaigns that had *ended* before it. Population-level
-definitions (price buckets, RFM score edges, segment centroids, activity tiers) are fitted once on
-data strictly before the earliest exposure (`profile_fit.fit_as_of`), stored in meta.json and
-reused unchanged at scoring time.
+Every feature of a point (an exposure, or a user at a cut-off) uses only data known at the point's
+time: events strictly before it, past campaigns that had *ended* before it, and user attributes
+with as_of <= it (a value as of `as_of` is known from then on, pipelines/attributes.py).
+Population-level definitions (price buckets, RFM score edges, segment centroids, activity tiers)
+are fitted once on data strictly before the earliest exposure (`profile_fit.fit_as_of`; the
+attribute columns on rows with as_of <= it), stored in meta.json and reused unchanged at scoring
+time.
 
 Persisted outputs carry pseudonymous ids only (pipelines/privacy.py). The work is done by DuckDB in
 chunks of users (contiguous ranges of the user pseudonym), so memory is bounded by the chunk size

@@ -24,15 +24,17 @@ Mapping (see validation/mappings/hillstrom.yaml for a complete one):
       region: {column: zip_code}
       occupation: null
       signup_ts: {fill: 2007-03-01}
-    features:                             # -> user_attributes (known from `as_of` on)
-      as_of: 2008-03-01                   # default: the window start
+    features:                             # -> user_attributes (known from `as_of` on, inclusive)
+      as_of: 2008-03-01                   # default: the window start (= the campaign's start_ts)
       numeric: [recency, history]
       categorical: [zip_code, channel]
 
 Rows are never dropped: a value that cannot be parsed becomes null, an undeclared arm keeps its
 raw name as variant_id, and the validate step quarantines such rows with the rule they broke
 (exposure ids carry the source row number). Missing feature values (empty cells) are absent
-attribute rows, i.e. "unknown" to the model.
+attribute rows, i.e. "unknown" to the model. Feature values are stamped `features.as_of`: a point
+at or after it sees them (pipelines/attributes.py), so training exposures and scoring as of the
+campaign's start both do with the default; a later as_of hides them from earlier exposures.
 
 Without a timestamp column, exposure times are spread deterministically over the window by a
 hash of the user id (or row number): the chain's time-quantile train/valid/holdout split then

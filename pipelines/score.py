@@ -1,138 +1,381 @@
-"""Batch scoring: every user × arm of a campaign with the champion model, then the best variant
-(or none) per user under a budget, written to S3 as parquet with a manifest written last."""
+"""Batch scoring of one campaign: check the request, build every user's features as of the
+campaign start, gate on drift, predict every user under every arm (streamed; local or Spark),
+choose arms under the budget with a seeded exploration slice, forecast the effect, and commit the
+run to S3 atomically (parts, then a manifest written last with a conditional put).
+
+Output layout (wide, one row per user; README "Scores"): `chosen_variant` (the arm the user gets;
+`control` = no send), `send`, `explored`, `propensity` (probability of the chosen arm under the
+policy), `greedy_variant` (the model's own choice), `rank` (position by best net value; 0 = no arm
+pays for itself), `net_value`, `cost`, then per arm `p_<arm>` and `revenue_<arm>` and per treatment
+`uplift_<arm>` — predictions for every user, targeted or not, so a budget can be widened or
+narrowed later from the same file. The run id derives from the request (campaign, model version,
+input hashes, budget, exploration), so repeating a request returns the committed manifest."""
 from __future__ import annotations
 
+import hashlib
 import json
-import uuid
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from campaignops.config import Settings
-from campaignops.pipelines import layout
+from campaignops.pipelines import failpoints, layout
 from campaignops.pipelines.storage import ObjectStore, sha256_file
 from campaignops.validation.contract import CONTROL
 
-
-def choose(p: np.ndarray, costs: np.ndarray, budget: float | None, value_per_response: float) -> tuple[np.ndarray, np.ndarray]:
-    """Given p [users, arms] with control last, return (chosen treatment index or -1, net value)."""
-    from campaignops.models.metrics import budgeted_choice
-
-    uplift_value = (p[:, :-1] - p[:, -1:]) * value_per_response
-    chosen = budgeted_choice(uplift_value, costs, budget)
-    rows = np.arange(len(p))
-    net = np.where(chosen >= 0, uplift_value[rows, np.maximum(chosen, 0)] - costs[np.maximum(chosen, 0)], 0.0)
-    return chosen, net
+log = logging.getLogger(__name__)
 
 
-def run(settings: Settings, campaign_id: str | None = None, budget: float | None = None,
-        store: ObjectStore | None = None) -> dict:
-    from campaignops.models.inputs import encode
-    from campaignops.pipelines import tracking
-    from campaignops.pipelines.features import attach_arms, campaign_arms, campaign_scoring_frame, connect
+class RequestError(ValueError):
+    """A scoring request that cannot be served; the message is one line saying why and what to do."""
 
+
+@dataclass
+class Request:
+    campaign_id: str
+    budget: float | None
+    start: datetime
+    end: datetime
+    arms: list[dict]                  # treatments sorted by variant id, then control
+    validation: dict                  # which validated batch is scored and whether it is the current one
+    replay: bool = False
+    exploration: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- the request
+
+def parse_budget(budget) -> float | None:
+    if budget is None or budget == "":
+        return None
+    try:
+        value = float(budget)
+    except (TypeError, ValueError):
+        raise RequestError(f"budget must be a non-negative number, got {budget!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise RequestError(f"budget must be a non-negative number, got {budget!r}")
+    return value
+
+
+def validation_state(settings: Settings, allow_last_validated: bool = False) -> dict:
+    """Which validated batch scoring reads. The ingested batch (data/raw_manifest.json) must be the
+    one in data/validated; if its validation failed (or never ran) scoring refuses, unless
+    `allow_last_validated`, which scores the last validated batch and says so."""
     ws = settings.workspace
-    params = settings.params["score"]
-    raw = json.loads((ws / layout.RAW_MANIFEST).read_text())
-    campaign_id = campaign_id or raw.get("upcoming_campaign_id")
-    budget = float(params["default_budget"] if budget is None else budget)
-    if not campaign_id:
-        raise ValueError("no campaign_id given and the raw batch names no upcoming campaign")
+    reports = ws / layout.REPORTS_DIR
+    passed = _read_json(reports / "validation.json")
+    failed = _read_json(reports / "validation_failed.json")
+    raw = _read_json(ws / layout.RAW_MANIFEST)
+    if not (ws / layout.VALIDATED_DIR).exists() or not passed:
+        raise RequestError("no validated data to score (data/validated or reports/validation.json is missing): "
+                           "run `campaignops validate` on a batch first")
+    current = raw.get("batch")
+    state = {"batch": passed.get("batch"), "run_id": passed.get("run_id"), "result_uri": passed.get("result_uri"),
+             "ingested_batch": current, "current": passed.get("batch") == current}
+    if state["current"] and not (failed.get("batch") == current
+                                 and str(failed.get("finished_at", "")) > str(passed.get("finished_at", ""))):
+        return state
+    if failed.get("batch") == current:
+        why = (f"batch {current!r} failed validation (run {failed.get('run_id')}: "
+               f"{'; '.join(_failure_lines(failed))}; report {failed.get('result_uri', 'reports/validation_failed.json')})")
+    else:
+        why = f"batch {current!r} has not been validated (data/validated holds batch {passed.get('batch')!r})"
+    if not allow_last_validated:
+        raise RequestError(f"refusing to score: {why}. Fix the batch, or score the last validated batch "
+                           f"{passed.get('batch')!r} explicitly with --use-last-validated (recorded in the manifest)")
+    state["stale_reason"] = why
+    return state
 
+
+def check_request(settings: Settings, campaign_id: str | None, budget, allow_last_validated: bool = False,
+                  replay: bool = False, exploration: dict | None = None) -> Request:
+    """Every check that needs no model: budget, validation state, campaign known and not ended."""
+    from campaignops.pipelines.features import campaign_arms, connect
+
+    budget = parse_budget(budget)
+    state = validation_state(settings, allow_last_validated)
+    raw = _read_json(settings.workspace / layout.RAW_MANIFEST)
+    campaign_id = campaign_id or raw.get("upcoming_campaign_id")
+    con = connect(settings.workspace / layout.VALIDATED_DIR)
+    known = sorted(r[0] for r in con.execute("SELECT DISTINCT campaign_id FROM campaigns").fetchall())
+    if not campaign_id:
+        raise RequestError(f"no campaign id given and batch {raw.get('batch')!r} names no upcoming campaign; "
+                           f"known campaigns: {', '.join(known)}")
+    if campaign_id not in known:
+        raise RequestError(f"unknown campaign {campaign_id!r}; valid ids: {', '.join(known)}")
+    start, end = con.execute("SELECT min(start_ts), max(end_ts) FROM campaigns WHERE campaign_id = ?",
+                             [campaign_id]).fetchall()[0]
+    now = _batch_now(con, raw)
+    if end <= now and not replay:
+        raise RequestError(f"campaign {campaign_id!r} ended at {end} (batch time {now}): nothing left to send; "
+                           "use --replay to re-score a past campaign for analysis")
+    arms = campaign_arms(con).to_pylist()
+    arms = [a for a in arms if a["campaign_id"] == campaign_id]
+    arms = sorted(arms, key=lambda a: (a["variant_id"] == CONTROL, a["variant_id"]))
+    exploration = dict(settings.params["score"].get("exploration", {}), **(exploration or {}))
+    share = float(exploration.get("share", 0.0))
+    if not 0.0 <= share <= 1.0:
+        raise RequestError(f"exploration share must be within [0, 1], got {share!r}")
+    return Request(campaign_id, budget, start, end, arms, state, replay,
+                   {"share": share, "seed": int(exploration.get("seed", 0))})
+
+
+def _batch_now(con, raw: dict) -> datetime:
+    if raw.get("now"):
+        return datetime.fromisoformat(str(raw["now"])).replace(tzinfo=None)
+    return con.execute("SELECT max(ts) FROM events").fetchall()[0][0] or datetime.min
+
+
+def _failure_lines(report: dict) -> list[str]:
+    out = []
+    for f in report.get("failures", [])[:3]:
+        out.append(f.get("message") or f"{f.get('table')}: rule {f.get('rule')} quarantined {f.get('rate', 0):.1%}")
+    return out or ["see the report"]
+
+
+# --------------------------------------------------------------------------- the run
+
+def run(settings: Settings, campaign_id: str | None = None, budget=None, store: ObjectStore | None = None,
+        engine: str | None = None, exploration: dict | None = None, allow_last_validated: bool = False,
+        replay: bool = False, context: dict | None = None) -> dict:
+    """Score a campaign; returns the committed manifest (an existing one if the same request ran)."""
+    from campaignops.pipelines import tracking
+    from campaignops.pipelines.run_commit import RunWriter
+
+    t0 = time.perf_counter()
+    params = settings.params["score"]
+    req = check_request(settings, campaign_id, params["default_budget"] if budget is None else budget,
+                        allow_last_validated, replay, exploration)
+    engine = engine or params.get("engine", "local")
+    if engine not in ("local", "spark"):
+        raise RequestError(f"engine must be local or spark, got {engine!r}")
+    store = store or ObjectStore(settings)
     mlflow = tracking.configure(settings)
     name = settings.params["train"]["model_name"]
     version = mlflow.MlflowClient().get_model_version_by_alias(name, "champion")
-    model = mlflow.pyfunc.load_model(f"models:/{name}@champion").unwrap_python_model()
+    validated = {f.name: sha256_file(f) for f in sorted((settings.workspace / layout.VALIDATED_DIR).glob("*.parquet"))}
+    key = {"campaign_id": req.campaign_id, "model_version": str(version.version), "validated_sha256": validated,
+           "budget": req.budget, "exploration": req.exploration, "replay": req.replay,
+           "value_per_response": float(params["value_per_response"])}
+    run_id = f"v{version.version}-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    prefix = layout.scores_prefix(req.campaign_id, run_id)
+    writer = RunWriter(store, prefix, run_id, cleanup_grace_s=float(params.get("orphan_grace_s", 3600)), latest=False)
+    existing = writer.existing()
+    if existing is not None:
+        log.info("score %s: run %s already committed: %s", req.campaign_id, run_id, existing["output"]["manifest"])
+        writer.latest = _moves_latest(existing)
+        writer.finalize(existing)   # repairs a writer killed between its manifest and latest.json
+        return {**existing, "reused": True}
 
-    con = connect(ws / layout.VALIDATED_DIR)
-    arms = campaign_arms(con).to_pandas()
-    arms = arms[arms["campaign_id"] == campaign_id]
-    if arms.empty:
-        known = sorted(r[0] for r in con.execute("SELECT DISTINCT campaign_id FROM campaigns").fetchall())
-        raise ValueError(f"campaign {campaign_id!r} is not in the validated campaigns table; known: {known}")
-    ordered = pa.Table.from_pandas(_control_last(arms), preserve_index=False)
-    users, start = campaign_scoring_frame(con, campaign_id, model.meta)
-    drift = _drift(settings, users, campaign_id, store)  # before scoring: DriftDetected stops the run here
-    users = users.append_column("campaign_id", pa.array([campaign_id] * users.num_rows))
-    expanded = attach_arms(users, ordered, "user_id", every_arm=True)
-    p, _ = model.predict_arrays(encode(expanded, model.meta))
-    n_arms = len(ordered)
-    # attach_arms orders arms by variant_id; put control last to match `ordered`.
-    arm_order = np.array(expanded.column("arm_id").to_pylist()[:n_arms])
-    P = p.reshape(-1, n_arms)[:, _control_last_index(arm_order)]
-    arm_ids = list(ordered.column("variant_id").to_pylist())
-    costs = ordered.column("cost_per_send").to_numpy()[:-1].astype(float)  # treatments; control is last
-    chosen, net = choose(P, costs, budget, float(params["value_per_response"]))
+    model_uri = f"models:/{name}/{version.version}"
+    pyfunc = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    meta = pyfunc.meta
+    with tempfile.TemporaryDirectory(prefix="score-") as tmp:
+        t = time.perf_counter()
+        features = scoring_features(settings, store, req, meta, Path(tmp))
+        log.info("score %s: features of %d users as of %s in %.1f s: %s", req.campaign_id, features["rows"],
+                 req.start, time.perf_counter() - t, features["uri"])
+        failpoints.hit("features_written")
+        drift = _drift(settings, Path(features["local_path"]), req.campaign_id, store)
+        t = time.perf_counter()
+        preds = predict(engine, settings, pyfunc, model_uri, req.arms, features, params)
+        log.info("score %s: %d users × %d arms predicted by the %s engine in %.1f s", req.campaign_id,
+                 len(preds.p), len(req.arms), engine, time.perf_counter() - t)
+    failpoints.hit("predicted")
+    arm_ids = [a["variant_id"] for a in req.arms]
+    costs = np.array([a["cost_per_send"] for a in req.arms], dtype=np.float64)
+    from campaignops.pipelines.targeting import assign, exploration_draws
 
-    rows = np.arange(len(P))
-    idx = np.maximum(chosen, 0)
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-    scored_at = datetime.now(timezone.utc).isoformat()
-    targeted = chosen >= 0
-    table = pa.table({
-        "user_id": users.column("user_id"),
-        "campaign_id": pa.array([campaign_id] * len(P)),
-        "variant_id": pa.array([arm_ids[i] if t else None for i, t in zip(idx, targeted)], pa.string()),
-        "p_control": P[:, -1],
-        "p_chosen": np.where(targeted, P[rows, idx], P[:, -1]),
-        "uplift": np.where(targeted, P[rows, idx] - P[:, -1], 0.0),
-        "net_value": net,
-        "cost": np.where(targeted, costs[idx], 0.0),
-        "model_name": pa.array([name] * len(P)),
-        "model_version": pa.array([str(version.version)] * len(P)),
-        "score_run_id": pa.array([run_id] * len(P)),
-    })
-    store = store or ObjectStore(settings)
-    prefix = layout.scores_prefix(campaign_id, run_id)
-    store.write_table(table, prefix + "scores.parquet")
-    validation = _read_json(ws / layout.REPORTS_DIR / "validation.json")
+    explored, explore_arm = exploration_draws(preds.user_ids.to_numpy(zero_copy_only=False), req.exploration["share"],
+                                              len(arm_ids), req.exploration["seed"], req.campaign_id)
+    try:
+        a = assign(preds.p, costs[:-1], float(params["value_per_response"]), req.budget, explored, explore_arm,
+                   req.exploration["share"])
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+
+    meta_cols = {"model_name": name, "model_version": str(version.version), "score_run_id": run_id}
+    parts = []
+    rows = int(params.get("part_rows", 250_000))
+    for s in range(0, len(preds.p), rows):
+        parts.append(writer.write_part(output_table(preds, a, arm_ids, costs, req.campaign_id, meta_cols,
+                                                    float(params["value_per_response"]), slice(s, s + rows))))
+    from campaignops.pipelines.forecast import campaign_forecast
+
+    forecast = campaign_forecast(preds.p, preds.revenue, a.chosen, arm_ids, costs, float(params["value_per_response"]))
+    n_sent = int(a.send.sum())
     manifest = {
-        "campaign_id": campaign_id, "score_run_id": run_id, "scored_at": scored_at, "as_of": str(start),
-        "model": {"name": name, "version": str(version.version), "run_id": version.run_id,
-                  "uri": f"models:/{name}/{version.version}"},
-        "budget": budget, "spent": float(table.column("cost").to_numpy().sum()),
-        "rows": table.num_rows, "users_targeted": int(targeted.sum()),
-        "by_variant": {a: int((chosen == i).sum()) for i, a in enumerate(arm_ids[:-1])},
-        "expected_incremental_responses": float(table.column("uplift").to_numpy().sum()),
-        "inputs": {"raw_batch": raw.get("batch"),
-                   "validated_sha256": {f.name: sha256_file(f) for f in sorted((ws / layout.VALIDATED_DIR).glob("*.parquet"))},
-                   "validation_run_id": validation.get("run_id"), "validation_result_uri": validation.get("result_uri")},
+        "campaign_id": req.campaign_id, "score_run_id": run_id, "request": key | {"engine": engine},
+        "scored_at": datetime.now(timezone.utc).isoformat(), "as_of": str(req.start),
+        "model": {"name": name, "version": str(version.version), "run_id": version.run_id, "uri": model_uri},
+        "arms": [{"variant_id": x["variant_id"], "cost_per_send": x["cost_per_send"]} for x in req.arms],
+        "budget": req.budget, "spent": float(costs[a.chosen].sum()), "rows": len(preds.p),
+        "users_targeted": n_sent, "users_targeted_by_model": int((a.send & ~a.explored).sum()),
+        "status": "targeted" if (a.send & ~a.explored).any() else "no_targets",
+        "exploration": {**req.exploration, "users": int(a.explored.sum()),
+                        "sends": int((a.send & a.explored).sum())},
+        "by_variant": {x: int((a.chosen == i).sum()) for i, x in enumerate(arm_ids[:-1])},
+        "forecast": forecast,
+        "expected_incremental_responses": forecast["total"]["incremental_responses"]["forecast"],
+        "inputs": {"raw_batch": req.validation["ingested_batch"], "validated_batch": req.validation["batch"],
+                   "validated_sha256": validated, "validation_run_id": req.validation["run_id"],
+                   "validation_result_uri": req.validation["result_uri"],
+                   "stale_validation": req.validation.get("stale_reason"),
+                   "features": {k: features[k] for k in ("uri", "sha256", "rows")}},
         "code": {"git_sha": tracking.git_revision(settings)},
-        "output": store.uri(prefix + "scores.parquet"),
+        "drift": drift, "replay": req.replay, "context": context or {},
+        "layout": "wide: one row per user; chosen_variant/send/explored/propensity; p_<arm>, revenue_<arm>, "
+                  "uplift_<treatment> for every arm",
     }
-    manifest["drift"] = drift
-    truth = _truth_check(settings, store, raw, campaign_id, users, arm_ids, chosen)
+    truth = _truth_check(settings, store, req.campaign_id, preds, arm_ids, a, forecast)
     if truth:
         manifest["truth_check"] = truth
-    store.put_json(prefix + "manifest.json", manifest)  # written last: the commit marker
-    store.put_json(f"scores/{campaign_id}/latest.json", {"score_run_id": run_id, "manifest": store.uri(prefix + "manifest.json")})
+        log.warning("score %s: forecast %.1f vs true %.1f incremental responses (forecast/truth %s)",
+                    req.campaign_id, truth["forecast_incremental_responses"], truth["true_incremental_responses"],
+                    f"{truth['forecast_over_truth']:.2f}" if truth["forecast_over_truth"] else "n/a")
+    manifest["output"] = {"manifest": store.uri(prefix + "manifest.json"), "prefix": store.uri(prefix)}
+    writer.latest = _moves_latest(manifest)
+    manifest, won = writer.commit(manifest)
+    if not writer.latest:
+        log.warning("score %s: %s — latest.json not moved", req.campaign_id,
+                    "replay of an ended campaign" if manifest.get("replay") else
+                    "the model targets nobody at this budget (no user's uplift pays for its send)")
+    log.info("score %s: run %s committed in %.1f s: %s", req.campaign_id, run_id, time.perf_counter() - t0,
+             manifest["output"]["manifest"])
     return manifest
 
 
-def _drift(settings: Settings, users: pa.Table, campaign_id: str, store: ObjectStore | None) -> dict:
-    """The drift gate before scoring (pipelines/drift.py): the scoring frame vs the champion's
-    training snapshot; raises DriftDetected on a blocking breach, else the manifest's summary."""
+def summary(manifest: dict) -> dict:
+    """The few fields a person or an Airflow task return value needs."""
+    total = manifest["forecast"]["total"]
+    out = {k: manifest.get(k) for k in ("campaign_id", "score_run_id", "status", "rows", "users_targeted",
+                                        "users_targeted_by_model", "budget", "spent", "by_variant")}
+    out["model"] = manifest["model"]["uri"]
+    out["manifest"] = manifest["output"]["manifest"]
+    out["forecast_incremental_responses"] = total["incremental_responses"]
+    out["exploration"] = manifest["exploration"]
+    if manifest.get("inputs", {}).get("stale_validation"):
+        out["stale_validation"] = manifest["inputs"]["stale_validation"]
+    if "truth_check" in manifest:
+        out["forecast_over_truth"] = manifest["truth_check"]["forecast_over_truth"]
+    if manifest.get("reused"):
+        out["reused"] = True
+    return out
+
+
+def _moves_latest(manifest: dict) -> bool:
+    """latest.json names the run a campaign team acts on: not a replay, not one that targets nobody."""
+    return manifest.get("status") == "targeted" and not manifest.get("replay")
+
+
+def read_scores(store: ObjectStore, manifest: dict) -> pa.Table:
+    """The scores of a committed run (every part checked against the manifest's sha256)."""
+    from campaignops.pipelines.run_commit import read_run
+
+    return read_run(store, manifest)
+
+
+def predict(engine: str, settings: Settings, pyfunc, model_uri: str, arms: list[dict], features: dict, params: dict):
+    from campaignops.pipelines import score_engine
+
+    if engine == "spark":
+        return score_engine.predict_spark(model_uri, arms, features["uri"], {"endpoint": settings.s3_endpoint},
+                                          params.get("spark"))
+    scorer = score_engine.ArmScorer(pyfunc.model, pyfunc.meta, arms)
+    return score_engine.predict_stream(scorer, features["local_path"], batch_rows=int(params.get("batch_rows", 16384)))
+
+
+def output_table(preds, a, arm_ids: list[str], costs: np.ndarray, campaign_id: str, meta_cols: dict,
+                 value_per_response: float, rows: slice) -> pa.Table:
+    """The scores of users `rows` (wide layout, module docstring)."""
+    p, rev = preds.p[rows].astype(np.float64), preds.revenue[rows].astype(np.float64)
+    chosen, n = a.chosen[rows], len(p)
+    ids = np.array(arm_ids, dtype=object)
+    control = len(arm_ids) - 1
+    net = np.where(chosen < control, (p[np.arange(n), chosen] - p[:, control]) * value_per_response - costs[chosen], 0.0)
+    cols = {
+        "user_id": preds.user_ids.slice(rows.start, n),
+        "campaign_id": pa.array([campaign_id] * n, pa.string()).dictionary_encode(),
+        "chosen_variant": pa.array(ids[chosen], pa.string()),
+        "send": pa.array(chosen < control),
+        "explored": pa.array(a.explored[rows]),
+        "propensity": pa.array(a.propensity[rows]),
+        "greedy_variant": pa.array(ids[a.greedy[rows]], pa.string()),
+        "rank": pa.array(a.rank[rows]),
+        "net_value": pa.array(net),
+        "cost": pa.array(costs[chosen]),
+    }
+    for i, arm in enumerate(arm_ids):
+        cols[f"p_{arm}"] = pa.array(p[:, i])
+    for i, arm in enumerate(arm_ids[:-1]):
+        cols[f"uplift_{arm}"] = pa.array(p[:, i] - p[:, control])
+    for i, arm in enumerate(arm_ids):
+        cols[f"revenue_{arm}"] = pa.array(rev[:, i])
+    for k, v in meta_cols.items():
+        cols[k] = pa.array([v] * n, pa.string()).dictionary_encode()
+    return pa.table(cols)
+
+
+# --------------------------------------------------------------------------- features, drift, truth
+
+def scoring_features(settings: Settings, store: ObjectStore, req: Request, meta: dict, tmp: Path) -> dict:
+    """Every user's features as of the campaign start (the model's own feature definitions),
+    written chunk by chunk to a local parquet and stored in S3 under scoring_features/, where the
+    manifest points (what the model saw, for audit and for the Spark engine's executors)."""
+    from campaignops.pipelines.features import connect, scoring_chunks
+
+    path = tmp / "features.parquet"
+    writer, rows = None, 0
+    con = connect(settings.workspace / layout.VALIDATED_DIR)
+    group = int(settings.params["score"].get("row_group_users", 50_000))
+    for chunk in scoring_chunks(con, req.start.isoformat(sep=" "), meta):
+        if writer is None:
+            writer = pq.ParquetWriter(path, chunk.schema, compression="zstd")
+        writer.write_table(chunk, row_group_size=group)
+        rows += chunk.num_rows
+    if writer is None:
+        raise RequestError("no users to score in the validated users table")
+    writer.close()
+    sha = sha256_file(path)
+    key = f"scoring_features/{req.campaign_id}/{sha[:24]}.parquet"
+    if not store.exists(key):
+        store.upload_file(path, key)
+    return {"uri": store.uri(key), "sha256": sha, "rows": rows, "local_path": str(path)}
+
+
+def _drift(settings: Settings, path: Path, campaign_id: str, store) -> dict:
+    """The drift gate before scoring (pipelines/drift.py) on a seeded sample of the scoring frame
+    (read one row group at a time, sequences left out); raises DriftDetected on a blocking breach."""
     from campaignops.pipelines.drift import gate_scoring, summary
 
-    return summary(gate_scoring(settings, campaign_id, users=users, store=store))
-
-
-def _control_last(arms):
-    return arms.assign(_c=arms["variant_id"] == CONTROL).sort_values(["_c", "variant_id"]).drop(columns="_c")
-
-
-def _control_last_index(arm_order: np.ndarray) -> np.ndarray:
-    is_control = arm_order == CONTROL
-    return np.concatenate([np.flatnonzero(~is_control), np.flatnonzero(is_control)])
+    f = pq.ParquetFile(path)
+    cols = [c for c in f.schema_arrow.names if not c.startswith("seq_")]
+    n = f.metadata.num_rows
+    share = min(1.0, int(settings.params["drift"].get("sample_rows", 200_000)) / max(n, 1))
+    rng = np.random.default_rng(0)
+    parts = []
+    for rg in range(f.metadata.num_row_groups):
+        t = f.read_row_group(rg, columns=cols)
+        parts.append(t if share >= 1 else t.take(np.flatnonzero(rng.random(t.num_rows) < share)))
+    return summary(gate_scoring(settings, campaign_id, users=pa.concat_tables(parts), store=store))
 
 
 def _read_json(path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+    return json.loads(Path(path).read_text()) if Path(path).exists() else {}
 
 
-def _truth_check(settings, store, raw, campaign_id, users, arm_ids, chosen) -> dict | None:
-    """On synthetic batches: the true incremental responses of this targeting vs the oracle's."""
+def _truth_check(settings, store, campaign_id, preds, arm_ids, a, forecast) -> dict | None:
+    """On synthetic batches: the targeting's true incremental responses vs the forecast and the oracle."""
+    from campaignops.pipelines.forecast import truth_check
+
+    raw = _read_json(settings.workspace / layout.RAW_MANIFEST)
     keys = raw.get("truth", {}).get("files") or []
     if not keys:
         return None
@@ -143,11 +386,5 @@ def _truth_check(settings, store, raw, campaign_id, users, arm_ids, chosen) -> d
     if truth.empty:
         return None
     T = truth.pivot(index="user_id", columns="variant_id", values="p_response")
-    T = T.reindex(index=users.column("user_id").to_pylist(), columns=arm_ids).to_numpy()
-    gain = T[:, :-1] - T[:, -1:]
-    rows = np.arange(len(T))
-    ours = float(np.where(chosen >= 0, gain[rows, np.maximum(chosen, 0)], 0.0).sum())
-    n = int((chosen >= 0).sum())
-    best = np.sort(np.maximum(gain.max(axis=1), 0))[::-1]
-    return {"true_incremental_responses": ours, "oracle_same_count": float(best[:n].sum()),
-            "fraction_of_oracle_same_count": ours / float(best[:n].sum()) if n and best[:n].sum() > 0 else None}
+    T = T.reindex(index=preds.user_ids.to_pylist(), columns=arm_ids).to_numpy()
+    return truth_check(T, a.chosen, forecast, a.explored)

@@ -56,9 +56,10 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("revenue", pa.float64()),
         ]
     ),
-    # Optional: per-user attributes of any name, long format, each known from `as_of` on (a
-    # value is a model input only for points strictly after its as_of). Exactly one of
-    # value_num / value_str is set: numeric vs categorical attribute.
+    # Optional: per-user attributes of any name, long format, each the user's value as of `as_of`
+    # and known from then on (a point at time t sees the latest value with as_of <= t; events, by
+    # contrast, only strictly before t). Exactly one of value_num / value_str is set: numeric vs
+    # categorical attribute.
     "user_attributes": pa.schema(
         [
             ("user_id", pa.string()),

@@ -2,7 +2,7 @@
 cut-off, deterministic."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import duckdb
 import numpy as np
@@ -48,11 +48,28 @@ def test_pivot_is_point_in_time(tmp_path):
     keys = pa.array(["k1", "k1", "k1", "k3", "k2"])
     ts = pa.array([T0, datetime(2026, 1, 20), datetime(2026, 2, 2), datetime(2026, 2, 2), T0], pa.timestamp("ms"))
     out = attributes.pivot(con, keys, ts, spec).to_pydict()
-    # strictly before the point: at T0 nothing is known yet; u1's score 5.0 only after T1
-    assert out["attr_score"] == [0.0, 1.0, 5.0, 0.0, 0.0]
-    assert out["attr_score__missing"] == [1.0, 0.0, 0.0, 1.0, 1.0]
-    assert out["attr_tier__gold"] == [0.0, 1.0, 1.0, 0.0, 0.0]  # u3 is platinum by then: an unseen value
-    assert out["attr_tier__silver"] == [0.0] * 5
+    # a value is known from its as_of on: at T0 the T0 values are seen; u1's score 5.0 from T1 on
+    assert out["attr_score"] == [1.0, 1.0, 5.0, 0.0, 2.0]
+    assert out["attr_score__missing"] == [0.0, 0.0, 0.0, 1.0, 0.0]
+    assert out["attr_tier__gold"] == [1.0, 1.0, 1.0, 0.0, 0.0]  # u3 is platinum by then: an unseen value
+    assert out["attr_tier__silver"] == [0.0, 0.0, 0.0, 0.0, 1.0]
+
+
+def test_a_value_is_seen_from_its_as_of_on(tmp_path):
+    """as_of <= t: a value stamped exactly at the point's time is seen (also by the fit at
+    fit_as_of), one stamped after it is not, and the latest at or before it wins."""
+    con = _con(tmp_path, ROWS)
+    spec = attributes.prepare(con, tmp_path, T2.isoformat(sep=" "), min_users=1)
+    assert [item["name"] for item in spec] == ["late", "score", "tier"]  # late: stamped exactly at the fit time
+    keys = pa.array(["k1", "k1", "k2", "k3", "k3"])
+    ts = pa.array([T1 - timedelta(milliseconds=1), T1, T0, T0, T2], pa.timestamp("ms"))
+    out = attributes.pivot(con, keys, ts, spec).to_pydict()
+    assert out["attr_score"] == [1.0, 5.0, 2.0, 0.0, 0.0]  # 5.0 from T1 on: the latest at or before t
+    assert out["attr_tier__gold"] == [1.0, 1.0, 0.0, 1.0, 0.0]
+    assert out["attr_tier__platinum"] == [0.0, 0.0, 0.0, 0.0, 1.0]  # stamped T1: after T0, at or before T2
+    assert out["attr_tier__silver"] == [0.0, 0.0, 1.0, 0.0, 0.0]
+    assert out["attr_late"] == [0.0, 0.0, 0.0, 0.0, 9.0]
+    assert out["attr_late__missing"] == [1.0, 1.0, 1.0, 1.0, 0.0]
 
 
 def test_pivot_is_deterministic_whatever_the_row_order(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import boto3
+import numpy as np
 import pytest
 import yaml
 from moto import mock_aws
@@ -58,12 +59,45 @@ def test_chain_registers_a_champion_and_scores_every_user(chain_env):
     assert out["model"]["version"] == first["champion_version"]
     assert out["rows"] == report["tables"]["users"]["rows_valid"]
     assert out["spent"] <= budget + 1e-9
-    assert out["inputs"]["validation_run_id"] == report["run_id"]
-    scores = store.read_table(store.key(out["output"])).to_pandas()
+    assert out["inputs"]["validation_run_id"] == report["run_id"] and out["inputs"]["stale_validation"] is None
+    scores = score.read_scores(store, out).to_pandas()
     assert scores["user_id"].is_unique and len(scores) == out["rows"]
-    targeted = scores[scores["variant_id"].notna()]
-    assert len(targeted) == out["users_targeted"] and (targeted["net_value"] > 0).all()
-    assert abs(targeted["cost"].sum() - out["spent"]) < 1e-6
+    arms = [a["variant_id"] for a in out["arms"]]
+    # every user carries every arm's prediction, targeted or not
+    for arm in arms:
+        assert scores[f"p_{arm}"].between(0, 1).all()
+    for arm in arms[:-1]:
+        assert np.allclose(scores[f"uplift_{arm}"], scores[f"p_{arm}"] - scores["p_control"])
+    sent = scores[scores["send"]]
+    assert len(sent) == out["users_targeted"] and abs(sent["cost"].sum() - out["spent"]) < 1e-6
+    greedy = scores[scores["send"] & ~scores["explored"]]
+    assert len(greedy) == out["users_targeted_by_model"] and (greedy["net_value"] > 0).all()
+    share = settings.params["score"]["exploration"]["share"]
+    assert scores["explored"].sum() == out["exploration"]["users"] > 0
+    assert np.allclose(scores["propensity"], share / len(arms) + (1 - share) * (scores["chosen_variant"]
+                                                                                 == scores["greedy_variant"]))
+    assert out["forecast"]["total"]["sends"] == out["users_targeted"]
+    truth = out["truth_check"]                                             # synthetic: measured, reported
+    assert truth["forecast_incremental_responses"] == pytest.approx(
+        out["forecast"]["total"]["incremental_responses"]["forecast"])
+    assert np.isfinite(truth["true_incremental_responses"]) and truth["oracle_same_count"] >= 0
+    latest_key = f"scores/{out['campaign_id']}/latest.json"
+    if out["status"] == "targeted":       # latest.json names the run a team acts on
+        assert store.get_json(latest_key)["manifest"] == out["output"]["manifest"]
+    else:                                  # a 2-epoch model may see no positive uplift at all
+        assert out["users_targeted_by_model"] == 0 and not store.exists(latest_key)
+    again = score.run(settings, budget=budget, store=store)                 # same request: a no-op
+    assert again["reused"] and again["score_run_id"] == out["score_run_id"]
+    assert len(store.list_keys(out["output"]["prefix"].split(store.bucket + "/", 1)[1])) == 1 + len(out["parts"])
+    settings.params["score"]["value_per_response"] = 0.0                    # no send can pay for itself
+    nobody = score.run(settings, budget=budget, store=store)
+    assert nobody["status"] == "no_targets" and nobody["users_targeted_by_model"] == 0
+    assert nobody["users_targeted"] == nobody["exploration"]["sends"] > 0   # the exploration slice still sends
+    if out["status"] == "targeted":
+        assert store.get_json(latest_key)["manifest"] == out["output"]["manifest"]
+    else:
+        assert not store.exists(latest_key)
+    settings.params["score"]["value_per_response"] = 30.0
 
     # Re-evaluating the same model against itself as champion keeps it; a retrain promotes v2;
     # rollback brings v1 back.

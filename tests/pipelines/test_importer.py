@@ -194,6 +194,52 @@ def test_scoring_frame_carries_the_attribute_columns(chain):
     assert np.allclose(frame.column("attr_history").to_numpy(), history)  # real ids, in users order
 
 
+def _imported_attributes() -> pd.DataFrame:
+    """The slice's feature columns as imported (the chain fixture's bad cells included)."""
+    df = pd.read_csv(DATA, dtype=str, nrows=N)
+    for row, (col, value) in BAD.items():
+        df.loc[row, col] = value
+    return df
+
+
+def test_scoring_at_the_campaign_start_sees_the_imported_attributes(chain, tmp_path):
+    """The attributes are stamped at the window start, which is also the campaign's start_ts:
+    scoring (and its drift gate) builds every user's features as of that time and must see them
+    (as_of <= t), exactly as imported, not all zeros / all missing (issue 13)."""
+    from campaignops.pipelines import attributes, drift
+
+    settings, *_ = chain
+    meta = features_meta(settings)  # what scoring's model.meta and the drift snapshot carry
+    m = importer.load_mapping(MAPPING, COLUMNS)
+    no_as_of = _mapping(tmp_path, _set("features.as_of", KeyError))
+    assert m["as_of"] == m["window"][0] == importer.load_mapping(no_as_of, COLUMNS)["as_of"]  # default: the same
+    con = features.connect(settings.workspace / layout.VALIDATED_DIR)
+    frame, start = features.campaign_scoring_frame(con, m["campaign_id"], meta)
+    assert pd.Timestamp(start) == m["as_of"] and frame.num_rows == N
+    df, got = _imported_attributes(), frame.to_pandas()
+    assert got["user_id"].tolist() == [f"r{i:07d}" for i in range(N)]  # real ids, the data rows' order
+    for item in meta["profile_fit"]["attributes"]:
+        name, cols = item["name"], attributes.columns([item])
+        if item["kind"] == "numeric":
+            value = pd.to_numeric(df[name], errors="coerce")
+            assert np.array_equal(got[f"attr_{name}"], value.fillna(0.0)), name
+            if item["missing"]:
+                assert np.array_equal(got[f"attr_{name}__missing"], value.isna().astype(float)), name
+        else:
+            for v, c in zip(item["values"], cols):
+                assert np.array_equal(got[c], (df[name] == v).astype(float)), c
+    assert got.loc[8, "attr_recency__missing"] == 1.0 and got["attr_history"].gt(0).all()
+
+    ref_dir = drift.write_reference(settings.workspace / layout.FEATURES_DIR, meta, tmp_path / "ref")
+    pol = drift.policy(settings.params, "score")
+    for population in ("profile", "train"):  # profile: what gate_scoring compares with
+        ref, _, _ = drift.read_reference(ref_dir, population)
+        report = drift.assess(ref, frame, pol)
+        psi = {c: f["psi"] for c, f in report["features"].items() if c.startswith(attributes.PREFIX)}
+        assert set(psi) == set(attributes.columns(meta["profile_fit"]["attributes"]))
+        assert max(psi.values()) < (1e-9 if population == "profile" else pol["max_psi"]), (population, psi)
+
+
 def test_volume_history_compares_batches_of_the_same_source_only():
     hist = {"tables": {"users": [{"batch": "demo", "rows_in": 20000, "source": "campaignops.pipelines.synth"}]}}
     imported = "campaignops.pipelines.importer:validation/mappings/hillstrom.yaml"

@@ -1,0 +1,204 @@
+"""Splits a trained campaign response network (models/uplift_net.py) into a user encoder, run
+once per user, and an arm head, run for all of a campaign's arms at once — the same weights and
+the same outputs as the full network on the user × arm rows, at a fraction of the cost when a
+campaign has several arms.
+
+The network's only user × arm interactions are the target attention (the arm's query over the
+user's encoded steps) and the head over (user, arm context, user × arm context). So:
+- `user part` (a Keras sub-model of the trained graph): the encoded steps, the user vector after
+  `user_dense`, the base logit (control's logit, user only) and the padding mask;
+- `arm head` (a new graph calling the trained layers): variant rows of shape [users, arms, dims]
+  go through the arm layers with the arm axis kept, the target attention takes the arms as
+  query positions over the same steps, and the user vector is broadcast over the arms.
+An ensemble (models/uplift_net.average) is split member by member and averaged like the full one.
+Older or simpler networks (no sequence, no uplift head, sequence shares) split the same way;
+`split` raises ValueError for a graph it does not recognise, and callers fall back to the full
+network on the expanded rows."""
+from __future__ import annotations
+
+import numpy as np
+
+USER_INPUTS = ("seq", "seq_pos", "profile")
+
+
+class SplitModel:
+    """predict(user_inputs, variants [n, A, V]) -> (p [n, A], revenue [n, A]) of one network."""
+
+    def __init__(self, members: list[tuple], seq_channels: list[str]):
+        self.members = members          # [(user_model, head_model)]
+        self.user_input_names = [t.name.split(":")[0] for t in members[0][0].inputs]
+        self.seq_channels = seq_channels
+
+    def predict(self, inputs: dict[str, np.ndarray], variants: np.ndarray,
+                batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        n, n_arms = variants.shape[0], variants.shape[1]
+        p_sum, r_sum = np.zeros((n, n_arms)), np.zeros((n, n_arms))
+        user_x = {k: inputs[k] for k in self.user_input_names}
+        for user_model, head in self.members:
+            parts = _call(user_model, user_x, n, batch_size)
+            head_x = dict(zip((t.name.split(":")[0] for t in head.inputs[:-1]), parts))
+            head_x["variants"] = variants.astype(np.float32)
+            p, r = _call(head, head_x, n, max(batch_size // max(n_arms, 1), 256))
+            p_sum += p[..., 0]
+            r_sum += r[..., 0]
+        k = len(self.members)
+        return p_sum / k, r_sum / k
+
+
+def _call(model, x: dict, n: int, batch_size: int) -> list[np.ndarray]:
+    """The model's outputs on x in batches, as float64 numpy arrays (no Keras predict loop: it
+    builds a tf.data pipeline per call, which costs more than the arm head itself)."""
+    outs = None
+    for s in range(0, n, batch_size):
+        y = model({k: v[s:s + batch_size] for k, v in x.items()}, training=False)
+        y = [np.asarray(t) for t in (y if isinstance(y, (list, tuple)) else [y])]
+        outs = [[a] for a in y] if outs is None else [o + [a] for o, a in zip(outs, y)]
+    return [np.concatenate(o).astype(np.float64) if o[0].dtype != bool else np.concatenate(o) for o in outs]
+
+
+def split(model, tolerance: float = 1e-5) -> SplitModel:
+    """The SplitModel of a trained network or of an ensemble of them, checked against the full
+    network on a probe batch (random users with left padding, random arm rows): whether the target
+    attention of a saved graph masks padded steps is decided by how its layers propagate Keras
+    masks at run time, so both readings are built and the one that reproduces the full network
+    is kept; ValueError if neither does."""
+    members = [layer for layer in model.layers if hasattr(layer, "layers") and _is_network(layer)]
+    nets = members or [model]
+    if not all(_is_network(m) for m in nets):
+        raise ValueError(f"{model.name}: not a campaign response network")
+    parts = []
+    for m in nets:
+        probe, variants = _probe(m)
+        want = _full_predict(m, probe, variants)
+        for masked in (False, True):
+            one = _split_one(m, masked)
+            got = SplitModel([one], []).predict(probe, variants)
+            err = max(float(np.abs(g - w).max()) for g, w in zip(got, want))
+            if err <= tolerance:
+                parts.append(one)
+                break
+        else:
+            raise ValueError(f"{m.name}: the split network differs from the full one by {err:.2e} on a probe batch")
+    return SplitModel(parts, [])
+
+
+def _probe(m, n: int = 24, n_arms: int = 3, seed: int = 0):
+    """Random inputs within the network's vocabularies: left-padded sequences, one control arm."""
+    rng = np.random.default_rng(seed)
+    x = {}
+    seq_len = None
+    for t in m.inputs:
+        name = t.name.split(":")[0]
+        if name == "variant":
+            continue
+        if name.startswith("seq"):
+            seq_len = int(t.shape[1])
+            layer = {"seq": "token_embedding", "seq_pos": "position_embedding"}.get(name, f"{name}_embedding")
+            size = int(m.get_layer(layer).input_dim)
+            x[name] = rng.integers(1, size, (n, seq_len)).astype(np.int32)
+        else:
+            x[name] = rng.normal(size=(n, int(t.shape[1]))).astype(np.float32)
+    if seq_len:
+        pad = np.arange(seq_len)[None, :] < rng.integers(0, seq_len, n)[:, None]
+        for k in x:
+            if k.startswith("seq"):
+                x[k] = np.where(pad, 0, x[k]).astype(np.int32)
+    n_variant = int(next(t for t in m.inputs if t.name.split(":")[0] == "variant").shape[1])
+    variants = rng.random((n, n_arms, n_variant)).astype(np.float32)
+    variants[:, :, 0] = 0.0
+    variants[:, -1] = 0.0
+    variants[:, -1, 0] = 1.0
+    return x, variants
+
+
+def _full_predict(m, x: dict, variants: np.ndarray):
+    n, a = variants.shape[:2]
+    rows = {k: np.repeat(v, a, axis=0) for k, v in x.items()}
+    rows["variant"] = variants.reshape(n * a, -1)
+    p, r = m(rows, training=False)
+    return np.asarray(p)[:, 0].reshape(n, a), np.asarray(r)[:, 0].reshape(n, a)
+
+
+def _is_network(m) -> bool:
+    names = {layer.name for layer in m.layers}
+    return {"user_dense", "arm_dense", "arm_context_dense"} <= names
+
+
+def _split_one(m, masked: bool):
+    import keras
+    from keras import layers
+
+    L = m.get_layer
+    names = {layer.name for layer in m.layers}
+    inputs = {t.name.split(":")[0]: t for t in m.inputs}
+    sequence = "target_attention" in names
+    uplift = "base_logit" in names
+    user_vec = L("user_dense").output
+    outs = {"user": user_vec}
+    if sequence:
+        outs["steps"] = _steps_tensor(m)
+        if masked:
+            outs["seq_mask"] = keras.ops.not_equal(inputs["seq"], 0)
+    if uplift:
+        outs["base"] = L("base_logit").output
+    user_in = [t for t in m.inputs if t.name.split(":")[0] != "variant"]
+    user_model = keras.Model(user_in, list(outs.values()), name=f"{m.name}_user")
+
+    # The arm head: fresh inputs, the trained layers called with the arm axis kept.
+    h = {name: keras.Input(tuple(t.shape[1:]), dtype=t.dtype, name=name) for name, t in outs.items()}
+    n_variant = int(inputs["variant"].shape[-1])
+    var = keras.Input((None, n_variant), name="variants")
+    arm = L("arm_dense")(var)
+    arm_parts = [arm]
+    if sequence:
+        query = L("arm_query")(var)                                   # [n, A, g]
+        att = L("target_attention")
+        mask = h.get("seq_mask")
+        if isinstance(att, layers.MultiHeadAttention):
+            ctx = att(query, h["steps"], value_mask=mask)
+        else:
+            ctx = att([query, h["steps"]], mask=None if mask is None else [None, mask])
+        arm_parts.append(ctx)
+    arm_ctx = layers.Concatenate()(arm_parts) if len(arm_parts) > 1 else arm
+    arm_ctx = L("arm_context_dense")(arm_ctx)
+    user = _broadcast_arms(h["user"], var)
+    x = layers.Concatenate()([user, arm_ctx, layers.Multiply()([user, arm_ctx])])
+    for layer in _head_dense_layers(m):
+        x = layer(x)
+    if uplift:
+        delta = L("delta_logit")(x)
+        treated = L("treated")(var)
+        base = _broadcast_arms(h["base"], var)
+        logit = layers.Add()([base, layers.Multiply()([delta, treated])])
+        response = layers.Activation("sigmoid")(logit)
+    else:
+        response = L("response")(x)
+    basket = L("basket")(layers.Concatenate()([user, arm_ctx]))
+    revenue = layers.Multiply()([response, basket])
+    head = keras.Model([*h.values(), var], [response, revenue], name=f"{m.name}_arm_head")
+    return user_model, head
+
+
+def _steps_tensor(m):
+    """The per-step sequence tensor the target attention attends over (its value input)."""
+    att = m.get_layer("target_attention")
+    node = att._inbound_nodes[0]
+    args = node.arguments.args
+    # Attention([query, steps]) or MultiHeadAttention(query, steps)
+    return args[0][1] if isinstance(args[0], (list, tuple)) else args[1]
+
+
+def _head_dense_layers(m) -> list:
+    """head_dense_i (relu) layers in order; Dropout is the identity at inference."""
+    dense = sorted((layer for layer in m.layers if layer.name.startswith("head_dense_")),
+                   key=lambda layer: int(layer.name.rsplit("_", 1)[1]))
+    return dense
+
+
+def _broadcast_arms(t, like):
+    """[n, d] → [n, A, d] with A the arm axis of `like` [n, A, v]."""
+    from keras import layers, ops
+
+    return layers.Lambda(lambda xs: ops.broadcast_to(ops.expand_dims(xs[0], 1),
+                                                     (ops.shape(xs[1])[0], ops.shape(xs[1])[1], ops.shape(xs[0])[-1])))(
+        [t, like])
