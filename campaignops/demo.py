@@ -46,8 +46,15 @@ def main() -> None:
     console.print("holdout: " + ", ".join(f"{k}={cand[k]:.4f}" for k in
                                           ("auc", "logloss", "qini", "policy_value_ips", "policy_value_fraction")
                                           if k in cand))
-    console.print(f"scores:   {scored['output']}  ({scored['rows']:,} users, {scored['users_targeted']:,} targeted, "
-                  f"spent {scored['spent']:.2f} of {scored['budget']:.2f})")
+    console.print(f"scores:   {scored['output']['prefix']}  ({scored['rows']:,} users, {scored['users_targeted']:,} sent "
+                  f"of which {scored['exploration']['sends']:,} exploration; spent {scored['spent']:.2f} of {scored['budget']:.2f})")
+    fc = scored["forecast"]["total"]["incremental_responses"]
+    console.print(f"forecast: {fc['forecast']:.1f} incremental responses (90% {fc['lo']:.1f}–{fc['hi']:.1f})")
+    truth = scored.get("truth_check")
+    if truth and truth.get("forecast_over_truth") is not None:
+        console.print(f"[bold yellow]forecast ÷ truth: {truth['forecast_over_truth']:.2f}[/] "
+                      f"(true {truth['true_incremental_responses']:.1f}; "
+                      f"{truth['fraction_of_oracle_same_count'] or 0:.0%} of the oracle at the same sends)")
     console.print(f"manifest: {latest['manifest']}")
     console.print(f"Airflow:  {settings.airflow_url}  (user {settings.airflow_user}, password in {settings.env_file})")
     console.print(f"MLflow:   {settings.mlflow_uri}  (user {settings.env.get('MLFLOW_TRACKING_USERNAME', '-')}, password in {settings.env_file})")

@@ -1,20 +1,23 @@
 """
 ### campaign_score
 
-Scores every user under each variant of a campaign with the `champion` model and picks the
-best variant (or none) per user within the budget. Output: parquet + manifest in S3 under
-`scores/<campaign_id>/<run>/`. Leave the campaign empty to score the upcoming one.
+Scores every user under each variant of a campaign with the `champion` model and assigns the best
+variant (or none) per user within the budget, plus a seeded exploration slice whose rows log
+their propensity. Output: parquet parts + manifest (forecast per variant, forecast ÷ truth on
+synthetic batches) under `s3://<bucket>/scores/<campaign_id>/<run>/`; `latest.json` moves only
+for a run that targets someone.
 
-**drift_check** runs first: every user's features as of the campaign start vs the champion's
-training snapshot (PSI per feature, policy in params.yaml `drift:`); a blocking breach stops
-the run before scoring, report in `reports/drift_score.json` and S3 `drift/score/`.
+**check_request** fails at once, with one line, on a bad budget, an unknown or ended campaign, or
+a batch whose validation failed. **score** builds the features as of the campaign start, runs the
+drift gate (report in `reports/drift_score.json` and S3 `drift/score/`), predicts (engine
+`local` or `spark`), and commits the run atomically. Repeating a request returns the committed
+run. Logic lives in `campaignops.pipelines.score`; this file only wires it.
 """
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
-
 
 @dag(
     schedule=None,
@@ -28,25 +31,55 @@ from airflow.sdk import Param, dag, task
                              description="e.g. C005; empty = the batch's upcoming campaign"),
         "budget": Param(None, type=["null", "number"], minimum=0, title="Budget",
                         description="total send cost allowed; empty = params.yaml score.default_budget"),
+        "engine": Param("local", enum=["local", "spark"], title="Engine",
+                        description="local: this worker; spark: params.yaml score.spark (docs/spark.md)"),
+        "exploration_share": Param(None, type=["null", "number"], minimum=0, maximum=1, title="Exploration share",
+                                   description="users given a uniformly random arm; empty = params.yaml score.exploration"),
+        "use_last_validated": Param(False, type="boolean", title="Use the last validated batch",
+                                    description="if the ingested batch failed validation, score the last validated one "
+                                                "(recorded in the manifest)"),
+        "replay": Param(False, type="boolean", title="Replay an ended campaign",
+                        description="re-score a past campaign for analysis (latest.json is not moved)"),
     },
 )
 def campaign_score():
     @task
-    def drift_check(params=None) -> dict:
-        from campaignops.config import load_settings
-        from campaignops.pipelines.drift import gate_scoring, summary
+    def check_request(params=None) -> dict:
+        from airflow.exceptions import AirflowFailException
 
-        return summary(gate_scoring(load_settings(), campaign_id=params.get("campaign_id")))
+        from campaignops.config import load_settings
+        from campaignops.pipelines import score
+
+        try:
+            req = score.check_request(load_settings(), params.get("campaign_id"), params.get("budget"),
+                                      bool(params.get("use_last_validated")), bool(params.get("replay")),
+                                      _exploration(params))
+        except score.RequestError as exc:
+            raise AirflowFailException(f"score refused: {exc}") from None
+        return {"campaign_id": req.campaign_id, "budget": req.budget, "validated_batch": req.validation["batch"]}
 
     @task
-    def score(params=None) -> dict:
+    def score(request: dict, params=None, dag_run=None) -> dict:
         from campaignops.config import load_settings
-        from campaignops.pipelines.score import run
+        from campaignops.pipelines import score
 
-        manifest = run(load_settings(), campaign_id=params.get("campaign_id"), budget=params.get("budget"))
-        return {k: manifest[k] for k in ("campaign_id", "output", "model", "rows", "users_targeted", "spent")}
+        manifest = score.run(load_settings(), campaign_id=request["campaign_id"], budget=request["budget"],
+                             engine=params.get("engine"), exploration=_exploration(params),
+                             allow_last_validated=bool(params.get("use_last_validated")),
+                             replay=bool(params.get("replay")),
+                             context={"dag_id": "campaign_score", "dag_run_id": dag_run.run_id if dag_run else None})
+        return score.summary(manifest)
 
-    drift_check() >> score()
+    score(check_request())
+
+
+def params.get("budget"):
+    return params.get("budget")
+
+
+def _exploration(params):
+    share = params.get("exploration_share")
+    return None if share is None else {"share": float(share)}
 
 
 campaign_score()

@@ -36,13 +36,14 @@ def test_retrain_chain_order(dagbag):
 
 def test_score_has_a_params_form(dagbag):
     dag = dagbag.dags["campaign_score"]
-    assert {"campaign_id", "budget"} <= set(dag.params.keys())
+    assert {"campaign_id", "budget", "engine", "exploration_share", "use_last_validated", "replay"} <= set(dag.params.keys())
+    assert dag.params.get_param("engine").schema["enum"] == ["local", "spark"]
 
 
-def test_score_is_gated_by_the_drift_check(dagbag):
+def test_score_checks_the_request_before_any_work(dagbag):
     dag = dagbag.dags["campaign_score"]
-    assert set(dag.task_ids) == {"drift_check", "score"}
-    assert dag.get_task("drift_check").downstream_task_ids == {"score"}
+    assert set(dag.task_ids) == {"check_request", "score"}
+    assert dag.get_task("check_request").downstream_task_ids == {"score"}
 
 
 @pytest.mark.parametrize("dag_file", sorted(p.name for p in DAGS.glob("*.py")))

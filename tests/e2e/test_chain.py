@@ -13,6 +13,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 def small_world(params: dict) -> None:
     params["data"]["users"] = 6000
+    params["score"]["part_rows"] = 2500     # several output parts: the kill test stops between them
     params["train"]["epochs"] = 6
     # A small world trains a weak model; this test is about the chain, the gate has unit tests.
     params["evaluate"].update(min_auc=0.5, max_logloss=1.0, min_qini=-1.0, min_policy_value_fraction=-10.0)
@@ -75,10 +76,17 @@ def test_retrain_and_score_through_airflow(stack):
     assert any(k.endswith("model.keras") for k in artifact_keys), artifact_keys[:20]
 
     # Scores: one row per valid user, manifest naming the champion version.
-    latest = store.get_json(f"scores/{manifest['upcoming_campaign_id']}/latest.json")
-    scored_manifest = store.get_json(store.key(latest["manifest"]))
+    from campaignops.pipelines.run_commit import committed_runs
+
+    campaign_prefix = f"scores/{manifest['upcoming_campaign_id']}/"
+    scored_manifest = committed_runs(store, campaign_prefix)[-1]
+    if scored_manifest["status"] == "targeted":
+        assert store.get_json(campaign_prefix + "latest.json")["manifest"] == scored_manifest["output"]["manifest"]
+    assert scored_manifest["context"]["dag_id"] == "campaign_score" and scored_manifest["context"]["dag_run_id"]
     assert scored_manifest["model"]["version"] == str(champion.version)
-    scores = store.read_table(store.key(scored_manifest["output"]))
+    from campaignops.pipelines.score import read_scores
+
+    scores = read_scores(store, scored_manifest)
     assert scores.num_rows == manifest["tables"]["users"]["rows"]
     assert len(set(scores.column("user_id").to_pylist())) == scores.num_rows
     assert scored_manifest["spent"] <= 500.0 + 1e-9
@@ -104,3 +112,61 @@ def test_retrain_and_score_through_airflow(stack):
     assert store.list_keys("dvc/")
     for stage in ("validate", "features", "train"):
         assert repro(settings, stage, push=False)["ran"] is False
+
+
+def test_killed_scoring_leaves_no_partial_run_and_a_rerun_is_byte_identical(stack):
+    """SIGKILL the scorer (failpoints) at six points; nothing partial is ever visible, the rerun
+    commits, and a run committed right before a kill has the same bytes as an uninterrupted one."""
+    import os
+    import subprocess
+    import sys
+
+    from campaignops.config import apply_env
+    from campaignops.pipelines.run_commit import committed_runs
+    from campaignops.pipelines.score import read_scores
+    from campaignops.pipelines.storage import ObjectStore
+
+    settings = stack
+    apply_env(settings)
+    store = ObjectStore(settings)
+    campaign = json.loads((settings.workspace / "data" / "raw_manifest.json").read_text())["upcoming_campaign_id"]
+    prefix = f"scores/{campaign}/"
+    before = {m["score_run_id"] for m in committed_runs(store, prefix)}
+    latest_before = store.get_bytes_or_none(prefix + "latest.json")
+
+    def score(failpoint=None):
+        env = dict(os.environ)
+        env.pop("CAMPAIGNOPS_FAILPOINT", None)
+        if failpoint:
+            env["CAMPAIGNOPS_FAILPOINT"] = failpoint
+        return subprocess.run([sys.executable, "-m", "campaignops.cli", "score", "--campaign-id", campaign,
+                               "--budget", "321"], env=env, capture_output=True, text=True, timeout=600)
+
+    def new_runs():
+        return [m for m in committed_runs(store, prefix) if m["score_run_id"] not in before]
+
+    for point in ("features_written", "predicted", "part_uploaded:1", "part_uploaded:2", "before_commit"):
+        proc = score(point)
+        assert proc.returncode == -9, (point, proc.returncode, proc.stderr[-2000:])
+        assert new_runs() == [], point                         # nothing partial is visible
+        assert store.get_bytes_or_none(prefix + "latest.json") == latest_before, point
+    proc = score()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [first] = new_runs()
+    run_prefix = store.key(first["output"]["prefix"])
+    assert sorted(store.list_keys(run_prefix)) == sorted([run_prefix + "manifest.json"] + [p["key"] for p in first["parts"]])
+    assert len(first["parts"]) >= 3
+    reference = read_scores(store, first)
+
+    # Drop the run and commit it again, killed right after the manifest put: the same bytes, and
+    # the next request repairs what the killed writer did not finish (latest.json).
+    store.delete_keys(store.list_keys(run_prefix))
+    proc = score("after_commit")
+    assert proc.returncode == -9
+    [again] = new_runs()
+    assert [p["sha256"] for p in again["parts"]] == [p["sha256"] for p in first["parts"]]
+    assert read_scores(store, again).equals(reference)
+    proc = score()
+    assert proc.returncode == 0 and '"reused": true' in proc.stdout
+    if again["status"] == "targeted":
+        assert store.get_json(prefix + "latest.json")["manifest"] == again["output"]["manifest"]
