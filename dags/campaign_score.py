@@ -73,10 +73,6 @@ def campaign_score():
     score(check_request())
 
 
-def params.get("budget"):
-    return params.get("budget")
-
-
 def _exploration(params):
     share = params.get("exploration_share")
     return None if share is None else {"share": float(share)}
