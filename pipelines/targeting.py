@@ -11,8 +11,9 @@ The policy, per user u, with arms 0..A-2 the treatments and A-1 the no-send cont
   ranked by their best net value (ties: lower row first); the cut is where the cumulative cost of
   the non-exploring users' greedy arms would first exceed the budget left after the exploration
   slice's sends (a prefix, as `models.metrics.budgeted_choice`).
-g(u) is defined for every user (explorers too: the arm they would have had), so the propensity of
-the logged arm a is exactly share/A + (1 − share)·[a = g(u)]. With share 0 the choice is
+g(u) is defined for every user (explorers too: the arm they would have had had they not explored,
+the other users' draws as they are), so the propensity of the logged arm a is exactly
+share/A + (1 − share)·[a = g(u)] given the other users' draws. With share 0 the choice is
 `budgeted_choice` itself (tested against it)."""
 from __future__ import annotations
 
@@ -91,6 +92,15 @@ def assign(p: np.ndarray, costs: np.ndarray, value_per_response: float, budget: 
         cut = int(over[0]) if len(over) else len(order)
     greedy = np.full(n, control, np.int64)
     greedy[order[:cut]] = best[order[:cut]]
+    if budget is not None and explored[order].any():
+        # An explorer's g(u) is the arm it would have had had it not explored, the other users'
+        # draws as they are: its own greedy send counted at its rank, its exploration send not.
+        # (The budget cut depends on u's own draw, so g of the realised draw would be wrong.)
+        pos = np.flatnonzero(explored[order])
+        ahead = np.concatenate([[0.0], np.cumsum(exploit_cost)])[pos]   # non-explorers ranked before u
+        users = order[pos]
+        fits = ahead + costs[best[users]] <= budget - (explore_spend - arm_cost[explore_arm[users]])
+        greedy[users] = np.where(fits, best[users], control)
     chosen = np.where(explored, explore_arm, greedy)
     # Users not exploring got g(u) with probability (1 − share) + share / A; explorers' arm a with
     # share / A + (1 − share)·[a = g(u)]: both are share/A + (1 − share)·[chosen = g(u)].
