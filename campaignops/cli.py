@@ -179,6 +179,12 @@ def score(campaign_id: Optional[str] = typer.Option(None, help="campaign to scor
     from campaignops.pipelines import score as step
     from campaignops.pipelines.drift import DriftDetected
 
+    import logging
+
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    logging.getLogger("campaignops").setLevel(logging.INFO)   # one line per phase; libraries stay at WARNING
     exploration = None if exploration_share is None else {"share": exploration_share}
     try:
         manifest = step.run(load_settings(), campaign_id=campaign_id, budget=budget, engine=engine,
@@ -190,6 +196,9 @@ def score(campaign_id: Optional[str] = typer.Option(None, help="campaign to scor
         console.print(f"[red]drift gate blocked scoring:[/] {exc}")
         raise typer.Exit(1)
     _print(step.summary(manifest))
+    if manifest["status"] == "no_targets":
+        console.print("[yellow]the model targets nobody at this budget: no user's predicted uplift pays for its send; "
+                      "latest.json was not moved[/]")
 
 
 if __name__ == "__main__":

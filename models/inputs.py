@@ -130,19 +130,62 @@ ARM_COLUMNS = ("is_control", "type", "discount_rate", "channel", "target_categor
 
 def encode_arms(users: pa.Table, arms: list[dict], meta: dict, seq: np.ndarray) -> np.ndarray:
     """The "variant" input of every user under every arm, [users, arms, variant_dim]: what
-    encode() gives for the user × arm rows, without repeating the users' sequences per arm."""
+    encode() gives for the user × arm rows, without repeating the users' sequences per arm.
+
+    An arm's own columns are the same for every user: encode_variant of the arm on one row, then
+    broadcast. Only the user × arm columns (target affinity, history crosses; after the arm's own
+    columns, before the arm-target one-hot) are computed per user, with the arm's values as
+    scalars and the same arithmetic as encode_variant (equal bit for bit: tests/models/test_split.py),
+    the sequence masks and each profile column computed once for all arms."""
     n = users.num_rows
+    dim = variant_dim(meta)
+    if not arms:
+        return np.zeros((n, 0, dim), np.float32)
+    crosses = history_crosses(meta)
+    at = dim - len(meta.get("arm_targets", [])) - len(crosses) - 2     # target affinity, then the crosses
     cache: dict[str, np.ndarray] = {}
 
-    class _Frame(dict):
-        def __missing__(self, name):   # profile columns, read once for all arms
-            if name not in cache:
-                cache[name] = _column(users, name)
-            return cache[name]
+    def column(name: str) -> np.ndarray:   # profile columns, read once for all arms
+        if name not in cache:
+            cache[name] = _column(users, name)
+        return cache[name]
 
-    out = [encode_variant(_Frame({c: np.full(n, arm[c], dtype=object if isinstance(arm[c], str) else np.float64)
-                                  for c in ARM_COLUMNS}), meta, seq) for arm in arms]
-    return np.stack(out, axis=1) if arms else np.zeros((n, 0, variant_dim(meta)), np.float32)
+    cats = meta["vocab"]["categories"]
+    n_cat = len(cats) + 1
+    valid = seq > 0
+    cat_of = np.where(valid, (seq - 1) % n_cat, -1)
+    n_all, n_recent = np.maximum(valid.sum(1), 1), np.maximum(valid[:, -RECENT:].sum(1), 1)
+    index = {c: i for i, c in enumerate(cats)}
+    out = np.empty((n, len(arms), dim), np.float32)
+    for j, arm in enumerate(arms):
+        value = {c: np.asarray(arm[c], dtype=object if isinstance(arm[c], str) else np.float64)
+                 for c in ARM_COLUMNS}
+        one = {c: v[None] for c, v in value.items()}
+        one.update({c: np.zeros(1) for c in meta["profile_cols"]})
+        out[:, j] = encode_variant(one, meta, np.zeros((1, seq.shape[1]), seq.dtype))[0]
+        hit = (cat_of == index.get(arm["target_category"], -2)) & valid
+        out[:, j, at] = (hit.sum(1) / n_all).astype(np.float32)
+        out[:, j, at + 1] = (hit[:, -RECENT:].sum(1) / n_recent).astype(np.float32)
+        for k, name in enumerate(crosses):
+            out[:, j, at + 2 + k] = 0.0 if value["is_control"] > 0 else _arm_cross(name, arm, column, meta)
+    return out
+
+
+def _arm_cross(name: str, arm: dict, column, meta: dict) -> np.ndarray | float:
+    """One history cross (_history_cross_values) of every user under one treatment arm."""
+    if name == "resp_rate_arm_channel":
+        if arm["channel"] not in meta["channels"]:
+            return 0.0
+        return column(f"resp_rate_{arm['channel']}").astype(np.float32)
+    if name == "resp_rate_arm_type":
+        disc = arm["type"] in DISCOUNT_TYPES
+        return column("resp_rate_discount" if disc else "resp_rate_other").astype(np.float32)
+    if name == "discount_x_price_level":
+        return (np.asarray(arm["discount_rate"], dtype=np.float64) * column("log_avg_price")).astype(np.float32)
+    cats = meta["vocab"]["categories"]
+    if arm["target_category"] in cats:
+        return column(f"affinity_{cats.index(arm['target_category']):02d}").astype(np.float32)
+    return 0.0
 
 
 def target_affinity(seq: np.ndarray, target_category: np.ndarray, meta: dict) -> np.ndarray:

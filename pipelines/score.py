@@ -289,7 +289,15 @@ def predict(engine: str, settings: Settings, pyfunc, model_uri: str, arms: list[
         return score_engine.predict_spark(model_uri, arms, features["uri"], {"endpoint": settings.s3_endpoint},
                                           params.get("spark"))
     scorer = score_engine.ArmScorer(pyfunc.model, pyfunc.meta, arms)
-    return score_engine.predict_stream(scorer, features["local_path"], batch_rows=int(params.get("batch_rows", 16384)))
+    step = {"next": 0.1}
+
+    def progress(done: int, total: int) -> None:   # a log line per tenth of the users
+        if done >= step["next"] * total:
+            log.info("score: %d / %d users predicted", done, total)
+            step["next"] = (int(10 * done / total) + 1) / 10
+
+    return score_engine.predict_stream(scorer, features["local_path"], batch_rows=int(params.get("batch_rows", 16384)),
+                                       progress=progress)
 
 
 def output_table(preds, a, arm_ids: list[str], costs: np.ndarray, campaign_id: str, meta_cols: dict,
