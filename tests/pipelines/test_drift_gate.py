@@ -206,14 +206,17 @@ def test_report_write_is_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in path.parent.iterdir()) == ["drift_score.html", "drift_score.json"]
 
 
-def test_scoring_manifest_entry_points_at_the_report(worlds):
+def test_scoring_manifest_entry_points_at_the_report(worlds, tmp_path):
+    import pyarrow.parquet as pq
+
     from campaignops.pipelines import score
 
     w, store = worlds
     b = w["b"]
     _ref, _info, meta = drift.read_reference(w["a"].workspace / layout.MODEL_DIR / drift.REFERENCE_DIR, "profile")
     users, campaign_id = drift.scoring_users(b, None, meta)
-    entry = score._drift(b, users, campaign_id, store)
+    pq.write_table(users, tmp_path / "features.parquet", row_group_size=500)   # as score.scoring_features writes it
+    entry = score._drift(b, tmp_path / "features.parquet", campaign_id, store)
     assert entry["status"] == "passed" and entry["reference_model_version"] == "1"
     assert entry["report_uri"] == store.uri(layout.drift_prefix("score", "8", entry["check_id"]) + "report.json")
     assert entry["report_path"] == "reports/drift_score.json"
