@@ -190,10 +190,10 @@ def score(campaign_id: Optional[str] = typer.Option(None, help="campaign to scor
         manifest = step.run(load_settings(), campaign_id=campaign_id, budget=budget, engine=engine,
                             exploration=exploration, allow_last_validated=use_last_validated, replay=replay)
     except step.RequestError as exc:
-        console.print(f"[red]score refused:[/] {exc}")
+        console.print(f"[red]score refused:[/] {exc}", soft_wrap=True)
         raise typer.Exit(2)
     except DriftDetected as exc:
-        console.print(f"[red]drift gate blocked scoring:[/] {exc}")
+        console.print(f"[red]drift gate blocked scoring:[/] {exc}", soft_wrap=True)
         raise typer.Exit(1)
     _print(step.summary(manifest))
     if manifest["status"] == "no_targets":
