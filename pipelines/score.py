@@ -160,10 +160,7 @@ def run(settings: Settings, campaign_id: str | None = None, budget=None, store: 
     mlflow = tracking.configure(settings)
     name = settings.params["train"]["model_name"]
     version = mlflow.MlflowClient().get_model_version_by_alias(name, "champion")
-    validated = {f.name: sha256_file(f) for f in sorted((settings.workspace / layout.VALIDATED_DIR).glob("*.parquet"))}
-    key = {"campaign_id": req.campaign_id, "model_version": str(version.version), "validated_sha256": validated,
-           "budget": req.budget, "exploration": req.exploration, "replay": req.replay,
-           "value_per_response": float(params["value_per_response"])}
+    key = request_key(settings, req, str(version.version))
     run_id = f"v{version.version}-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     prefix = layout.scores_prefix(req.campaign_id, run_id)
     writer = RunWriter(store, prefix, run_id, cleanup_grace_s=float(params.get("orphan_grace_s", 3600)), latest=False)
@@ -195,45 +192,21 @@ def run(settings: Settings, campaign_id: str | None = None, budget=None, store: 
 
     explored, explore_arm = exploration_draws(preds.user_ids.to_numpy(zero_copy_only=False), req.exploration["share"],
                                               len(arm_ids), req.exploration["seed"], req.campaign_id)
+    vpr = float(params["value_per_response"])
     try:
-        a = assign(preds.p, costs[:-1], float(params["value_per_response"]), req.budget, explored, explore_arm,
-                   req.exploration["share"])
+        a = assign(preds.p, costs[:-1], vpr, req.budget, explored, explore_arm, req.exploration["share"])
     except ValueError as exc:
         raise RequestError(str(exc)) from None
 
-    meta_cols = {"model_name": name, "model_version": str(version.version), "score_run_id": run_id}
-    parts = []
     rows = int(params.get("part_rows", 250_000))
+    meta_cols = {"model_name": name, "model_version": str(version.version), "score_run_id": run_id}
     for s in range(0, len(preds.p), rows):
-        parts.append(writer.write_part(output_table(preds, a, arm_ids, costs, req.campaign_id, meta_cols,
-                                                    float(params["value_per_response"]), slice(s, s + rows))))
+        writer.write_part(output_table(preds, a, arm_ids, costs, req.campaign_id, meta_cols, vpr, slice(s, s + rows)))
     from campaignops.pipelines.forecast import campaign_forecast
 
-    forecast = campaign_forecast(preds.p, preds.revenue, a.chosen, arm_ids, costs, float(params["value_per_response"]))
-    n_sent = int(a.send.sum())
-    manifest = {
-        "campaign_id": req.campaign_id, "score_run_id": run_id, "request": key | {"engine": engine},
-        "scored_at": datetime.now(timezone.utc).isoformat(), "as_of": str(req.start),
-        "model": {"name": name, "version": str(version.version), "run_id": version.run_id, "uri": model_uri},
-        "arms": [{"variant_id": x["variant_id"], "cost_per_send": x["cost_per_send"]} for x in req.arms],
-        "budget": req.budget, "spent": float(costs[a.chosen].sum()), "rows": len(preds.p),
-        "users_targeted": n_sent, "users_targeted_by_model": int((a.send & ~a.explored).sum()),
-        "status": "targeted" if (a.send & ~a.explored).any() else "no_targets",
-        "exploration": {**req.exploration, "users": int(a.explored.sum()),
-                        "sends": int((a.send & a.explored).sum())},
-        "by_variant": {x: int((a.chosen == i).sum()) for i, x in enumerate(arm_ids[:-1])},
-        "forecast": forecast,
-        "expected_incremental_responses": forecast["total"]["incremental_responses"]["forecast"],
-        "inputs": {"raw_batch": req.validation["ingested_batch"], "validated_batch": req.validation["batch"],
-                   "validated_sha256": validated, "validation_run_id": req.validation["run_id"],
-                   "validation_result_uri": req.validation["result_uri"],
-                   "stale_validation": req.validation.get("stale_reason"),
-                   "features": {k: features[k] for k in ("uri", "sha256", "rows")}},
-        "code": {"git_sha": tracking.git_revision(settings)},
-        "drift": drift, "replay": req.replay, "context": context or {},
-        "layout": "wide: one row per user; chosen_variant/send/explored/propensity; p_<arm>, revenue_<arm>, "
-                  "uplift_<treatment> for every arm",
-    }
+    forecast = campaign_forecast(preds.p, preds.revenue, a.chosen, arm_ids, costs, vpr)
+    manifest = _manifest(req, run_id, key, engine, version, a, arm_ids, costs, forecast, features)
+    manifest.update({"code": {"git_sha": tracking.git_revision(settings)}, "drift": drift, "context": context or {}})
     truth = _truth_check(settings, store, req.campaign_id, preds, arm_ids, a, forecast)
     if truth:
         manifest["truth_check"] = truth
@@ -243,6 +216,8 @@ def run(settings: Settings, campaign_id: str | None = None, budget=None, store: 
     manifest["output"] = {"manifest": store.uri(prefix + "manifest.json"), "prefix": store.uri(prefix)}
     writer.latest = _moves_latest(manifest)
     manifest, won = writer.commit(manifest)
+    if not won:
+        log.warning("score %s: another writer committed run %s first; returning its manifest", req.campaign_id, run_id)
     if not writer.latest:
         log.warning("score %s: %s — latest.json not moved", req.campaign_id,
                     "replay of an ended campaign" if manifest.get("replay") else
@@ -250,6 +225,43 @@ def run(settings: Settings, campaign_id: str | None = None, budget=None, store: 
     log.info("score %s: run %s committed in %.1f s: %s", req.campaign_id, run_id, time.perf_counter() - t0,
              manifest["output"]["manifest"])
     return manifest
+
+
+def request_key(settings: Settings, req: Request, model_version: str) -> dict:
+    """What a scoring run depends on; its hash is the run id, so the same request is the same run."""
+    validated = {f.name: sha256_file(f) for f in sorted((settings.workspace / layout.VALIDATED_DIR).glob("*.parquet"))}
+    return {"campaign_id": req.campaign_id, "model_version": model_version, "validated_sha256": validated,
+            "budget": req.budget, "exploration": req.exploration, "replay": req.replay,
+            "value_per_response": float(settings.params["score"]["value_per_response"])}
+
+
+def _manifest(req: Request, run_id: str, key: dict, engine: str, version, a, arm_ids: list[str], costs: np.ndarray,
+              forecast: dict, features: dict) -> dict:
+    """The run's record: request, model, inputs, the targeting's counts and its forecast."""
+    name = version.name
+    model_only = a.send & ~a.explored
+    return {
+        "campaign_id": req.campaign_id, "score_run_id": run_id, "request": key | {"engine": engine},
+        "scored_at": datetime.now(timezone.utc).isoformat(), "as_of": str(req.start),
+        "model": {"name": name, "version": str(version.version), "run_id": version.run_id,
+                  "uri": f"models:/{name}/{version.version}"},
+        "arms": [{"variant_id": x["variant_id"], "cost_per_send": x["cost_per_send"]} for x in req.arms],
+        "budget": req.budget, "spent": float(costs[a.chosen].sum()), "rows": len(a.chosen),
+        "users_targeted": int(a.send.sum()), "users_targeted_by_model": int(model_only.sum()),
+        "status": "targeted" if model_only.any() else "no_targets",
+        "exploration": {**req.exploration, "users": int(a.explored.sum()), "sends": int((a.send & a.explored).sum())},
+        "by_variant": {x: int((a.chosen == i).sum()) for i, x in enumerate(arm_ids[:-1])},
+        "forecast": forecast,
+        "expected_incremental_responses": forecast["total"]["incremental_responses"]["forecast"],
+        "inputs": {"raw_batch": req.validation["ingested_batch"], "validated_batch": req.validation["batch"],
+                   "validated_sha256": key["validated_sha256"], "validation_run_id": req.validation["run_id"],
+                   "validation_result_uri": req.validation["result_uri"],
+                   "stale_validation": req.validation.get("stale_reason"),
+                   "features": {k: features[k] for k in ("uri", "sha256", "rows")}},
+        "replay": req.replay,
+        "layout": "wide: one row per user; chosen_variant/send/explored/propensity; p_<arm>, revenue_<arm>, "
+                  "uplift_<treatment> for every arm",
+    }
 
 
 def summary(manifest: dict) -> dict:
