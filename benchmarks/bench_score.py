@@ -281,7 +281,7 @@ def prepare_world(settings, tmp: Path, world_users: int) -> dict:
     campaign_id = raw["upcoming_campaign_id"]
     con = features.connect(ws / layout.VALIDATED_DIR)
     arms = [x for x in features.campaign_arms(con).to_pylist() if x["campaign_id"] == campaign_id]
-    arms = sorted(arms, key=lambda x: (x["variant_id"] == CONTROL, x["variant_id"]))   # as score.check_request
+    arms = sorted(arms, key=lambda x: (x["variant_id"] == CONTROL, x["variant_id"]))   # as score_request.check_request
     (tmp / "arms.json").write_text(json.dumps(arms, default=float))
     frame = features.campaign_scoring_frame(con, campaign_id, meta)[0]
     timings["model_frame_s"] = time.perf_counter() - t

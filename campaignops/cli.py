@@ -178,6 +178,7 @@ def score(campaign_id: Optional[str] = typer.Option(None, help="campaign to scor
     """Score every user × variant with the champion; commit the targeting to S3 (scores/<campaign>/<run>/)."""
     from campaignops.pipelines import score as step
     from campaignops.pipelines.drift import DriftDetected
+    from campaignops.pipelines.score_request import RequestError
 
     import logging
 
@@ -189,7 +190,7 @@ def score(campaign_id: Optional[str] = typer.Option(None, help="campaign to scor
     try:
         manifest = step.run(load_settings(), campaign_id=campaign_id, budget=budget, engine=engine,
                             exploration=exploration, allow_last_validated=use_last_validated, replay=replay)
-    except step.RequestError as exc:
+    except RequestError as exc:
         console.print(f"[red]score refused:[/] {exc}", soft_wrap=True)
         raise typer.Exit(2)
     except DriftDetected as exc:

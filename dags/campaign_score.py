@@ -48,13 +48,13 @@ def campaign_score():
         from airflow.exceptions import AirflowFailException
 
         from campaignops.config import load_settings
-        from campaignops.pipelines import score
+        from campaignops.pipelines import score_request
 
         try:
-            req = score.check_request(load_settings(), params.get("campaign_id"), params.get("budget"),
+            req = score_request.check_request(load_settings(), params.get("campaign_id"), params.get("budget"),
                                       bool(params.get("use_last_validated")), bool(params.get("replay")),
                                       _exploration(params))
-        except score.RequestError as exc:
+        except score_request.RequestError as exc:
             raise AirflowFailException(f"score refused: {exc}") from None
         return {"campaign_id": req.campaign_id, "budget": req.budget, "validated_batch": req.validation["batch"]}
 

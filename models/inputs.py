@@ -136,7 +136,7 @@ def encode_arms(users: pa.Table, arms: list[dict], meta: dict, seq: np.ndarray) 
     broadcast. Only the user × arm columns (target affinity, history crosses; after the arm's own
     columns, before the arm-target one-hot) are computed per user, with the arm's values as
     scalars and the same arithmetic as encode_variant (equal bit for bit: tests/models/test_split.py),
-    the sequence masks and each profile column computed once for all arms."""
+    the sequence's categories and each profile column computed once for all arms."""
     n = users.num_rows
     dim = variant_dim(meta)
     if not arms:
@@ -150,12 +150,8 @@ def encode_arms(users: pa.Table, arms: list[dict], meta: dict, seq: np.ndarray) 
             cache[name] = _column(users, name)
         return cache[name]
 
-    cats = meta["vocab"]["categories"]
-    n_cat = len(cats) + 1
-    valid = seq > 0
-    cat_of = np.where(valid, (seq - 1) % n_cat, -1)
-    n_all, n_recent = np.maximum(valid.sum(1), 1), np.maximum(valid[:, -RECENT:].sum(1), 1)
-    index = {c: i for i, c in enumerate(cats)}
+    cat_of, valid = event_categories(seq, meta)
+    index = {c: i for i, c in enumerate(meta["vocab"]["categories"])}
     out = np.empty((n, len(arms), dim), np.float32)
     for j, arm in enumerate(arms):
         value = {c: np.asarray(arm[c], dtype=object if isinstance(arm[c], str) else np.float64)
@@ -163,9 +159,7 @@ def encode_arms(users: pa.Table, arms: list[dict], meta: dict, seq: np.ndarray) 
         one = {c: v[None] for c, v in value.items()}
         one.update({c: np.zeros(1) for c in meta["profile_cols"]})
         out[:, j] = encode_variant(one, meta, np.zeros((1, seq.shape[1]), seq.dtype))[0]
-        hit = (cat_of == index.get(arm["target_category"], -2)) & valid
-        out[:, j, at] = (hit.sum(1) / n_all).astype(np.float32)
-        out[:, j, at + 1] = (hit[:, -RECENT:].sum(1) / n_recent).astype(np.float32)
+        out[:, j, at:at + 2] = category_shares((cat_of == index.get(arm["target_category"], -2)) & valid, valid)
         for k, name in enumerate(crosses):
             out[:, j, at + 2 + k] = 0.0 if value["is_control"] > 0 else _arm_cross(name, arm, column, meta)
     return out
@@ -190,14 +184,21 @@ def _arm_cross(name: str, arm: dict, column, meta: dict) -> np.ndarray | float:
 
 def target_affinity(seq: np.ndarray, target_category: np.ndarray, meta: dict) -> np.ndarray:
     """Share of the user's events (all K, and the last RECENT) in each row's target category."""
-    cats = meta["vocab"]["categories"]
-    n_cat = len(cats) + 1
-    index = {c: i for i, c in enumerate(cats)}
+    index = {c: i for i, c in enumerate(meta["vocab"]["categories"])}
     target = np.array([index.get(c, -2) for c in target_category], dtype=np.int64)
+    cat_of, valid = event_categories(seq, meta)
+    return category_shares((cat_of == target[:, None]) & valid, valid)
+
+
+def event_categories(seq: np.ndarray, meta: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(category index of each step, -1 on padding; the real-step mask) of token sequences."""
+    n_cat = len(meta["vocab"]["categories"]) + 1
     valid = seq > 0
-    cat_of = np.where(valid, (seq - 1) % n_cat, -1)
-    hit = (cat_of == target[:, None]) & valid
+    return np.where(valid, (seq - 1) % n_cat, -1), valid
+
+
+def category_shares(hit: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """[rows, 2]: the share of real steps that `hit`, over all steps and over the last RECENT."""
     share_all = hit.sum(1) / np.maximum(valid.sum(1), 1)
-    recent_hit, recent_valid = hit[:, -RECENT:], valid[:, -RECENT:]
-    share_recent = recent_hit.sum(1) / np.maximum(recent_valid.sum(1), 1)
+    share_recent = hit[:, -RECENT:].sum(1) / np.maximum(valid[:, -RECENT:].sum(1), 1)
     return np.stack([share_all, share_recent], axis=1).astype(np.float32)

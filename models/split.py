@@ -20,16 +20,12 @@ import weakref
 
 import numpy as np
 
-USER_INPUTS = ("seq", "seq_pos", "profile")
-
-
 class SplitModel:
     """predict(user_inputs, variants [n, A, V]) -> (p [n, A], revenue [n, A]) of one network."""
 
-    def __init__(self, members: list[tuple], seq_channels: list[str]):
+    def __init__(self, members: list[tuple]):
         self.members = members          # [(user_model, head_model)]
         self.user_input_names = [t.name.split(":")[0] for t in members[0][0].inputs]
-        self.seq_channels = seq_channels
 
     def predict(self, inputs: dict[str, np.ndarray], variants: np.ndarray,
                 batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -102,14 +98,14 @@ def split(model, tolerance: float = 1e-5) -> SplitModel:
         want = _full_predict(m, probe, variants)
         for masked in (False, True):
             one = _split_one(m, masked)
-            got = SplitModel([one], []).predict(probe, variants)
+            got = SplitModel([one]).predict(probe, variants)
             err = max(float(np.abs(g - w).max()) for g, w in zip(got, want))
             if err <= tolerance:
                 parts.append(one)
                 break
         else:
             raise ValueError(f"{m.name}: the split network differs from the full one by {err:.2e} on a probe batch")
-    return SplitModel(parts, [])
+    return SplitModel(parts)
 
 
 def _probe(m, n: int = 24, n_arms: int = 3, seed: int = 0):

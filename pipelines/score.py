@@ -3,7 +3,7 @@ campaign start, gate on drift, predict every user under every arm (streamed; loc
 choose arms under the budget with a seeded exploration slice, forecast the effect, and commit the
 run to S3 atomically (parts, then a manifest written last with a conditional put).
 
-Output layout (wide, one row per user; README "Scores"): `chosen_variant` (the arm the user gets;
+Request checks live in pipelines/score_request.py. Output layout (wide, one row per user; README "Scores"): `chosen_variant` (the arm the user gets;
 `control` = no send), `send`, `explored`, `propensity` (probability of the chosen arm under the
 policy), `greedy_variant` (the model's own choice), `rank` (position by best net value; 0 = no arm
 pays for itself), `net_value`, `cost`, then per arm `p_<arm>` and `revenue_<arm>` and per treatment
@@ -15,10 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import tempfile
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,116 +26,11 @@ import pyarrow.parquet as pq
 
 from campaignops.config import Settings
 from campaignops.pipelines import failpoints, layout
+from campaignops.pipelines.score_engine import ENGINES
+from campaignops.pipelines.score_request import Request, RequestError, check_request, read_json
 from campaignops.pipelines.storage import ObjectStore, sha256_file
-from campaignops.validation.contract import CONTROL
 
 log = logging.getLogger(__name__)
-
-
-class RequestError(ValueError):
-    """A scoring request that cannot be served; the message is one line saying why and what to do."""
-
-
-@dataclass
-class Request:
-    campaign_id: str
-    budget: float | None
-    start: datetime
-    end: datetime
-    arms: list[dict]                  # treatments sorted by variant id, then control
-    validation: dict                  # which validated batch is scored and whether it is the current one
-    replay: bool = False
-    exploration: dict = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------- the request
-
-def parse_budget(budget) -> float | None:
-    if budget is None or budget == "":
-        return None
-    try:
-        value = float(budget)
-    except (TypeError, ValueError):
-        raise RequestError(f"budget must be a non-negative number, got {budget!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise RequestError(f"budget must be a non-negative number, got {budget!r}")
-    return value
-
-
-def validation_state(settings: Settings, allow_last_validated: bool = False) -> dict:
-    """Which validated batch scoring reads. The ingested batch (data/raw_manifest.json) must be the
-    one in data/validated; if its validation failed (or never ran) scoring refuses, unless
-    `allow_last_validated`, which scores the last validated batch and says so."""
-    ws = settings.workspace
-    reports = ws / layout.REPORTS_DIR
-    passed = _read_json(reports / "validation.json")
-    failed = _read_json(reports / "validation_failed.json")
-    raw = _read_json(ws / layout.RAW_MANIFEST)
-    if not (ws / layout.VALIDATED_DIR).exists() or not passed:
-        raise RequestError("no validated data to score (data/validated or reports/validation.json is missing): "
-                           "run `campaignops validate` on a batch first")
-    current = raw.get("batch")
-    state = {"batch": passed.get("batch"), "run_id": passed.get("run_id"), "result_uri": passed.get("result_uri"),
-             "ingested_batch": current, "current": passed.get("batch") == current}
-    if state["current"] and not (failed.get("batch") == current
-                                 and str(failed.get("finished_at", "")) > str(passed.get("finished_at", ""))):
-        return state
-    if failed.get("batch") == current:
-        why = (f"batch {current!r} failed validation (run {failed.get('run_id')}: "
-               f"{'; '.join(_failure_lines(failed))}; report {failed.get('result_uri', 'reports/validation_failed.json')})")
-    else:
-        why = f"batch {current!r} has not been validated (data/validated holds batch {passed.get('batch')!r})"
-    if not allow_last_validated:
-        raise RequestError(f"refusing to score: {why}. Fix the batch, or score the last validated batch "
-                           f"{passed.get('batch')!r} explicitly with --use-last-validated (recorded in the manifest)")
-    state["stale_reason"] = why
-    return state
-
-
-def check_request(settings: Settings, campaign_id: str | None, budget, allow_last_validated: bool = False,
-                  replay: bool = False, exploration: dict | None = None) -> Request:
-    """Every check that needs no model: budget, validation state, campaign known and not ended."""
-    from campaignops.pipelines.features import campaign_arms, connect
-
-    budget = parse_budget(budget)
-    state = validation_state(settings, allow_last_validated)
-    raw = _read_json(settings.workspace / layout.RAW_MANIFEST)
-    campaign_id = campaign_id or raw.get("upcoming_campaign_id")
-    con = connect(settings.workspace / layout.VALIDATED_DIR)
-    known = sorted(r[0] for r in con.execute("SELECT DISTINCT campaign_id FROM campaigns").fetchall())
-    if not campaign_id:
-        raise RequestError(f"no campaign id given and batch {raw.get('batch')!r} names no upcoming campaign; "
-                           f"known campaigns: {', '.join(known)}")
-    if campaign_id not in known:
-        raise RequestError(f"unknown campaign {campaign_id!r}; valid ids: {', '.join(known)}")
-    start, end = con.execute("SELECT min(start_ts), max(end_ts) FROM campaigns WHERE campaign_id = ?",
-                             [campaign_id]).fetchall()[0]
-    now = _batch_now(con, raw)
-    if end <= now and not replay:
-        raise RequestError(f"campaign {campaign_id!r} ended at {end} (batch time {now}): nothing left to send; "
-                           "use --replay to re-score a past campaign for analysis")
-    arms = campaign_arms(con).to_pylist()
-    arms = [a for a in arms if a["campaign_id"] == campaign_id]
-    arms = sorted(arms, key=lambda a: (a["variant_id"] == CONTROL, a["variant_id"]))
-    exploration = dict(settings.params["score"].get("exploration", {}), **(exploration or {}))
-    share = float(exploration.get("share", 0.0))
-    if not 0.0 <= share <= 1.0:
-        raise RequestError(f"exploration share must be within [0, 1], got {share!r}")
-    return Request(campaign_id, budget, start, end, arms, state, replay,
-                   {"share": share, "seed": int(exploration.get("seed", 0))})
-
-
-def _batch_now(con, raw: dict) -> datetime:
-    if raw.get("now"):
-        return datetime.fromisoformat(str(raw["now"])).replace(tzinfo=None)
-    return con.execute("SELECT max(ts) FROM events").fetchall()[0][0] or datetime.min
-
-
-def _failure_lines(report: dict) -> list[str]:
-    out = []
-    for f in report.get("failures", [])[:3]:
-        out.append(f.get("message") or f"{f.get('table')}: rule {f.get('rule')} quarantined {f.get('rate', 0):.1%}")
-    return out or ["see the report"]
 
 
 # --------------------------------------------------------------------------- the run
@@ -154,8 +47,8 @@ def run(settings: Settings, campaign_id: str | None = None, budget=None, store: 
     req = check_request(settings, campaign_id, params["default_budget"] if budget is None else budget,
                         allow_last_validated, replay, exploration)
     engine = engine or params.get("engine", "local")
-    if engine not in ("local", "spark"):
-        raise RequestError(f"engine must be local or spark, got {engine!r}")
+    if engine not in ENGINES:
+        raise RequestError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     store = store or ObjectStore(settings)
     mlflow = tracking.configure(settings)
     name = settings.params["train"]["model_name"]
@@ -387,15 +280,11 @@ def _drift(settings: Settings, path: Path, campaign_id: str, store) -> dict:
     return summary(gate_scoring(settings, campaign_id, users=pa.concat_tables(parts), store=store))
 
 
-def _read_json(path) -> dict:
-    return json.loads(Path(path).read_text()) if Path(path).exists() else {}
-
-
 def _truth_check(settings, store, campaign_id, preds, arm_ids, a, forecast) -> dict | None:
     """On synthetic batches: the targeting's true incremental responses vs the forecast and the oracle."""
     from campaignops.pipelines.forecast import truth_check
 
-    raw = _read_json(settings.workspace / layout.RAW_MANIFEST)
+    raw = read_json(settings.workspace / layout.RAW_MANIFEST)
     keys = raw.get("truth", {}).get("files") or []
     if not keys:
         return None

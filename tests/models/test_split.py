@@ -125,7 +125,7 @@ def test_sequence_shares_network_splits_exactly_for_users_with_history():
     np.testing.assert_allclose(want_p, full_p[keep], atol=1e-6)
     errs = []
     for masked in (False, True):
-        p, r = SplitModel([_split_one(model, masked)], []).predict(xs, variants[keep], batch_size=32)
+        p, r = SplitModel([_split_one(model, masked)]).predict(xs, variants[keep], batch_size=32)
         errs.append(max(np.abs(p - want_p).max(), np.abs(r - want_r).max()))
     assert min(errs) <= 1e-5, errs
 

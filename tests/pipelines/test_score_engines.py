@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from campaignops.pipelines import features, layout
-from campaignops.pipelines.score import check_request
+from campaignops.pipelines.score_request import check_request
 from campaignops.pipelines.score_engine import ArmScorer, predict_spark, predict_stream
 from campaignops.pipelines.targeting import assign, exploration_draws
 
