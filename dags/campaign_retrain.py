@@ -1,12 +1,22 @@
 """
 ### campaign_retrain
 
-Daily retraining of the campaign response model:
-**ingest** (register the landed raw batch) → **validate** (GX contracts, quarantine) →
-**features** → **drift_check** (the new features vs the champion's training snapshot; a blocking
-PSI breach stops the run, report in `reports/drift_train.json` and S3 `drift/train/`) →
-**train** (DVC stages, outputs pushed to S3) → **evaluate** (candidate vs champion on the same
-holdout) → **promote** (only if the gate passed).
+Daily retraining of the campaign response model **for one day of data**: the raw batch of the
+run's logical date (`raw/<YYYY-MM-DD>/`, a snapshot of the sources as of that date; features keep
+the sliding window `features.exposure_window_days`), or the `date`/`batch` of the raw-batch asset
+event that triggered it, or the `batch` param.
+
+Runs when a producer announces a landed batch (asset `campaignops.raw_batch`) and on its daily
+schedule (03:00 UTC); a date range from the backfill dialog (or `POST /api/v2/backfills`) runs the
+dates in order, one at a time, each gated.
+
+**plan** (which batch; a day already done stops here and every task is skipped: rerunning a date
+changes nothing; a batch that has not landed fails with that reason) → **ingest** → **validate**
+(GX contracts, quarantine) → **features** → **drift_check** → **train** (DVC stages, outputs pushed
+to S3) → **evaluate** (candidate vs champion on the same holdout; a rerun reuses the verdict
+logged to the candidate's run) → **promote** (skipped, with the gate's reasons, when the gate
+refused; publishes asset `campaignops.champion` when it promotes) → **record** (the day record
+`retrain/<batch>/record.json` that `campaignops history` reads).
 
 Logic lives in `campaignops.pipelines`; this file only wires it.
 """
@@ -14,60 +24,101 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+
+from campaignops.config import load_settings
+from campaignops.pipelines.assets import CHAMPION, RAW_BATCH, airflow_assets
+
+ASSETS = airflow_assets(load_settings().bucket)
 
 
 @dag(
-    schedule="@daily",
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * *", timezone="UTC"),
+                                 assets=ASSETS[RAW_BATCH]),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
     tags=["campaignops", "training"],
     doc_md=__doc__,
     default_args={"owner": "campaignops", "retries": 0, "execution_timeout": timedelta(minutes=60)},
-    params={"batch": Param(None, type=["null", "string"], description="raw batch id (default: params.yaml data.batch)")},
+    params={"batch": Param(None, type=["null", "string"], title="Raw batch",
+                           description="raw batch id to train on; empty = the run's logical date (YYYY-MM-DD)")},
 )
 def campaign_retrain():
+    @task.short_circuit
+    def plan(params=None, logical_date=None, triggering_asset_events=None):
+        from airflow.exceptions import AirflowFailException
+
+        from campaignops.pipelines import retrain_day
+        from campaignops.pipelines.ingest import BatchNotReady
+
+        batch = retrain_day.batch_for(params.get("batch"), logical_date, triggering_asset_events)
+        try:
+            planned = retrain_day.plan(load_settings(), batch)
+        except BatchNotReady as exc:
+            raise AirflowFailException(str(exc)) from None
+        if planned["done"]:
+            done = planned["done"]
+            print(f"day {batch} is already done (run {done.get('run_id')}, gate passed={done['gate']['passed']}, "
+                  f"version {done.get('version')}): nothing to do")
+            return False
+        return planned
+
     @task
-    def ingest(params=None) -> dict:
-        from campaignops.config import load_settings
+    def ingest(planned: dict) -> dict:
         from campaignops.pipelines.ingest import ingest
 
-        return ingest(load_settings(), batch=params.get("batch"))
+        return ingest(load_settings(), batch=planned["batch"])
 
     @task
     def dvc_stage(stage: str) -> dict:
-        from campaignops.config import load_settings
         from campaignops.pipelines.versioning import repro
 
         return repro(load_settings(), stage)
 
     @task
     def drift_check() -> dict:
-        from campaignops.config import load_settings
         from campaignops.pipelines.drift import gate_training, summary
 
         return summary(gate_training(load_settings()))
 
     @task
     def evaluate() -> dict:
-        from campaignops.config import load_settings
         from campaignops.pipelines.evaluate import run
 
         report = run(load_settings())
-        return {k: report[k] for k in ("passed", "reasons", "candidate", "champion_version")}
+        return {k: report.get(k) for k in ("passed", "reasons", "candidate", "champion_version", "run_id",
+                                           "model_uri", "reused")}
 
-    @task
-    def promote() -> dict:
-        from campaignops.config import load_settings
+    @task(outlets=[ASSETS[CHAMPION]])
+    def promote(evaluation: dict) -> dict:
+        from airflow.exceptions import AirflowSkipException
+
         from campaignops.pipelines.promote import run
 
-        return run(load_settings())
+        if not evaluation["passed"]:
+            raise AirflowSkipException("gate refused the candidate: " + "; ".join(evaluation["reasons"]))
+        out = run(load_settings())
+        if not out["promoted"]:
+            raise AirflowSkipException("not promoted: " + "; ".join(out.get("reasons", [])))
+        return out
 
+    @task(trigger_rule="none_failed")
+    def record(planned: dict, evaluation: dict, promotion: dict | None = None, dag_run=None) -> dict:
+        from campaignops.pipelines import retrain_day
+
+        context = {"dag_id": "campaign_retrain", "dag_run_id": dag_run.run_id if dag_run else None}
+        out = retrain_day.write_record(load_settings(), planned, evaluation, promotion, context)
+        return {k: out[k] for k in ("batch", "promoted", "version", "champion_after")}
+
+    planned = plan()
     validate = dvc_stage.override(task_id="validate")("validate")
     features = dvc_stage.override(task_id="features")("features")
     train = dvc_stage.override(task_id="train")("train")
-    ingest() >> validate >> features >> drift_check() >> train >> evaluate() >> promote()
+    evaluation = evaluate()
+    promotion = promote(evaluation)
+    ingest(planned) >> validate >> features >> drift_check() >> train >> evaluation
+    record(planned, evaluation, promotion)
 
 
 campaign_retrain()

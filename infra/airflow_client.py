@@ -111,6 +111,41 @@ class AirflowClient:
         run = self._json("POST", f"/api/v2/dags/{dag_id}/dagRuns", ok=(200, 201), json=body)
         return run["dag_run_id"]
 
+    def trigger_for_date(self, dag_id: str, logical_date: str, conf: dict | None = None) -> str:
+        """A manual run with an explicit logical date (ISO, UTC)."""
+        body = {"logical_date": logical_date, "conf": conf or {}}
+        return self._json("POST", f"/api/v2/dags/{dag_id}/dagRuns", ok=(200, 201), json=body)["dag_run_id"]
+
+    def runs(self, dag_id: str, limit: int = 100) -> list[dict]:
+        return self._json("GET", f"/api/v2/dags/{dag_id}/dagRuns",
+                          params={"limit": limit, "order_by": "run_after"}).get("dag_runs", [])
+
+    def backfill(self, dag_id: str, from_date: str, to_date: str, reprocess_behavior: str = "none",
+                 max_active_runs: int = 1, conf: dict | None = None) -> dict:
+        """POST /api/v2/backfills: runs for every schedule date in [from_date, to_date], in order."""
+        body = {"dag_id": dag_id, "from_date": from_date, "to_date": to_date, "reprocess_behavior": reprocess_behavior,
+                "max_active_runs": max_active_runs, "dag_run_conf": conf or {}}
+        return self._json("POST", "/api/v2/backfills", ok=(200, 201), json=body)
+
+    def backfill_runs(self, dag_id: str) -> list[dict]:
+        """The DAG's backfill runs, oldest logical date first."""
+        runs = [r for r in self.runs(dag_id, limit=200) if r.get("run_type") == "backfill"]
+        return sorted(runs, key=lambda r: r.get("logical_date") or "")
+
+    def clear_run(self, dag_id: str, run_id: str) -> dict:
+        """Clear every task of a run so it runs again (a rerun of the same logical date)."""
+        body = {"dry_run": False, "dag_run_id": run_id, "only_failed": False, "reset_dag_runs": True}
+        return self._json("POST", f"/api/v2/dags/{dag_id}/clearTaskInstances", json=body)
+
+    def post_asset_event(self, name: str, extra: dict) -> dict:
+        """An asset event on the asset named `name` (it must be declared by a parsed DAG)."""
+        found = self._json("GET", "/api/v2/assets", params={"name_pattern": name, "limit": 10}).get("assets", [])
+        found = [a for a in found if a.get("name") == name]
+        if not found:
+            raise AirflowError(f"no Airflow asset named {name!r}: is the DAG that declares it parsed?")
+        return self._json("POST", "/api/v2/assets/events", ok=(200, 201),
+                          json={"asset_id": found[0]["id"], "extra": extra})
+
     def get_run(self, dag_id: str, run_id: str) -> dict:
         return self._json("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
 

@@ -4,6 +4,7 @@ and decides whether the candidate may be promoted."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -190,6 +191,11 @@ def run(settings: Settings) -> dict:
     ws = settings.workspace
     record = json.loads((ws / layout.MODEL_DIR / "run.json").read_text())
     model_name = settings.params["train"]["model_name"]
+    logged = logged_evaluation(mlflow, record["run_id"])
+    if logged is not None:   # a rerun of the same candidate: the verdict stands, nothing re-logged
+        logged["reused"] = True
+        write_json(ws / layout.REPORTS_DIR / "evaluation.json", logged)
+        return logged
     expanded, frame, truth = load_holdout(settings)
 
     candidate_model = mlflow.pyfunc.load_model(record["model_uri"]).unwrap_python_model()
@@ -242,8 +248,24 @@ def run(settings: Settings) -> dict:
             for key, path in paths.items():
                 mlflow.log_artifact(str(path), artifact_path="evaluation" if key in ("html", "plots_json")
                                     else "evaluation/figures")
-    write_json(ws / layout.REPORTS_DIR / "evaluation.json", report)
+        path = ws / layout.REPORTS_DIR / "evaluation.json"
+        write_json(path, report)
+        mlflow.log_artifact(str(path), artifact_path="evaluation")   # last: marks the run as evaluated
     return report
+
+
+EVALUATION_ARTIFACT = "evaluation/evaluation.json"
+
+
+def logged_evaluation(mlflow, run_id: str) -> dict | None:
+    """The evaluation already logged to the candidate's run (its last artifact), or None."""
+    client = mlflow.MlflowClient()
+    if not any(f.path == EVALUATION_ARTIFACT for f in client.list_artifacts(run_id, "evaluation")):
+        return None
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(Path(client.download_artifacts(run_id, EVALUATION_ARTIFACT, tmp)).read_text())
 
 
 def baseline_metrics(root, meta: dict, x_holdout: dict, frame: pd.DataFrame, truth: pd.DataFrame | None,

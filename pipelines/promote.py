@@ -51,7 +51,15 @@ def run(settings: Settings) -> dict:
     if current is not None and current.run_id == evaluation["run_id"]:
         return {"promoted": False, "reasons": ["candidate is already the champion"], "model_name": name,
                 "champion_version": str(current.version)}
-    version = mlflow.register_model(evaluation["model_uri"], name)
+    current_version = str(current.version) if current is not None else None
+    if current_version != evaluation.get("champion_version"):
+        # The gate compared the candidate with another champion than the one serving now (a rerun
+        # of an older day): promoting on that verdict would move the alias backwards.
+        return {"promoted": False, "model_name": name, "champion_version": current_version,
+                "reasons": [f"the champion moved since this evaluation (evaluated against "
+                            f"{evaluation.get('champion_version') or 'no champion'}, now {current_version}); "
+                            "re-evaluate to promote this candidate"]}
+    version = registered_version(client, name, evaluation["run_id"]) or mlflow.register_model(evaluation["model_uri"], name)
     for key, value in lineage_tags(settings, evaluation).items():
         client.set_model_version_tag(name, version.version, key, value)
     if current is not None:
@@ -75,6 +83,13 @@ def rollback(settings: Settings) -> dict:
     client.set_registered_model_alias(name, "previous", current.version)
     client.set_model_version_tag(name, previous.version, "rollback_from", current.version)
     return {"model_name": name, "champion_version": str(previous.version), "previous_version": str(current.version)}
+
+
+def registered_version(client, name: str, run_id: str):
+    """The version of `name` already registered from run `run_id` (a retried promote after a
+    kill between register and alias move), or None."""
+    found = [v for v in client.search_model_versions(f"name='{name}' and run_id='{run_id}'")]
+    return min(found, key=lambda v: int(v.version)) if found else None
 
 
 def _alias_version(client, name: str, alias: str):

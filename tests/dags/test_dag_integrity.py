@@ -28,10 +28,24 @@ def test_no_import_errors(dagbag):
 
 def test_retrain_chain_order(dagbag):
     dag = dagbag.dags["campaign_retrain"]
-    order = ["ingest", "validate", "features", "drift_check", "train", "evaluate", "promote"]
+    order = ["plan", "ingest", "validate", "features", "drift_check", "train", "evaluate", "promote", "record"]
     for upstream, downstream in zip(order, order[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids
-    assert dag.max_active_runs == 1 and dag.schedule == "@daily"
+    assert dag.max_active_runs == 1
+
+
+def test_retrain_runs_on_landed_batches_and_daily_and_publishes_the_champion(dagbag):
+    from airflow.sdk import AssetOrTimeSchedule
+
+    dag = dagbag.dags["campaign_retrain"]
+    assert isinstance(dag.schedule, AssetOrTimeSchedule)
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    served = DagSerialization.from_dict(DagSerialization.to_dict(dag))   # what the scheduler sees
+    assert served.timetable.periodic                              # backfills need a time schedule
+    assert dag.schedule.asset_condition.name == "campaignops.raw_batch"
+    assert [o.name for o in dag.get_task("promote").outlets] == ["campaignops.champion"]
+    assert dag.get_task("record").trigger_rule == "none_failed"   # runs when promote is skipped by the gate
 
 
 def test_score_has_a_params_form(dagbag):

@@ -99,11 +99,18 @@ def test_chain_registers_a_champion_and_scores_every_user(chain_env):
         assert not store.exists(latest_key)
     settings.params["score"]["value_per_response"] = 30.0
 
-    # Re-evaluating the same model against itself as champion keeps it; a retrain promotes v2;
-    # rollback brings v1 back.
+    # Re-evaluating the same candidate reuses the verdict logged to its run (nothing re-logged);
+    # promote then finds it already champion; a retrain promotes v2; rollback brings v1 back.
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    logged = [f.path for f in client.list_artifacts(ev["run_id"], "evaluation")]
     again = evaluate.run(settings)
-    assert again["champion_version"] == first["champion_version"] and again["passed"]
+    assert again["reused"] and again["passed"] and again["champion_version"] == ev["champion_version"]
+    assert [f.path for f in client.list_artifacts(ev["run_id"], "evaluation")] == logged
     assert promote.run(settings)["promoted"] is False
+    name = settings.params["train"]["model_name"]
+    assert len(client.search_model_versions(f"name='{name}'")) == 1
     train.run(settings)
     evaluate.run(settings)
     second = promote.run(settings)
