@@ -51,8 +51,9 @@ def sandbox_stack(tmp: Path, params_update=None) -> Iterator:
     SIGTERM (`kill`, a CI timeout), which otherwise ends Python without running this cleanup."""
     ws = make_workspace(tmp, params_update)
     env = {"CAMPAIGNOPS_WORKSPACE": str(ws), "CAMPAIGNOPS_STATE": str(tmp / "state"),
-           # Runs here are triggered by hand and waited for: no daily run racing them.
-           "CAMPAIGNOPS_AIRFLOW_SCHEDULES": "False"}
+           # Schedules on: asset-triggered runs are created by the scheduler's DAG-run loop. The
+           # DAGs' cron timetables do not fire on unpause (CronTriggerTimetable, catchup off).
+           "CAMPAIGNOPS_AIRFLOW_SCHEDULES": "True"}
     for name in PORTS:
         env[f"CAMPAIGNOPS_{name.upper()}_PORT"] = str(free_port())
     saved = dict(os.environ)   # steps export endpoints and keys (config.apply_env): restore all of it

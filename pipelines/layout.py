@@ -29,9 +29,24 @@ def scores_prefix(campaign_id: str, run_id: str) -> str:
     return f"scores/{campaign_id}/{run_id}/"
 
 
+def retrain_record_key(batch: str) -> str:
+    """The immutable record of one retraining day (pipelines/retrain_day.py)."""
+    return f"retrain/{batch}/record.json"
+
+
 def drift_prefix(stage: str, batch: str, check_id: str) -> str:
     """One drift gate check (report.json, report.html) before `stage` (train | score)."""
     return f"drift/{stage}/{batch}/{check_id}/"
+
+
+def feedback_prefix(campaign_id: str, run_id: str) -> str:
+    """The feedback report (report.json, report.html) of scores run `run_id`: forecast vs actual."""
+    return f"feedback/{campaign_id}/{run_id}/"
+
+
+def feedback_link_key(campaign_id: str, run_id: str) -> str:
+    """Beside the (immutable) scores manifest: points at the run's feedback report once written."""
+    return scores_prefix(campaign_id, run_id) + "feedback.json"
 
 
 # Workspace paths (relative to the workspace root); DVC tracks the data/ ones.
@@ -40,3 +55,4 @@ VALIDATED_DIR = Path("data/validated")
 FEATURES_DIR = Path("data/features")
 MODEL_DIR = Path("data/model")
 REPORTS_DIR = Path("reports")
+

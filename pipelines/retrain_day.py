@@ -22,10 +22,6 @@ from campaignops.pipelines.ingest import BatchNotReady
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
-def record_key(batch: str) -> str:
-    return f"retrain/{batch}/record.json"
-
-
 def batch_for(batch: str | None = None, logical_date=None, asset_events=None) -> str:
     """The batch a run trains on: an explicit id wins, then the triggering raw-batch asset
     event's `date`, then the run's logical date (UTC day)."""
@@ -74,7 +70,7 @@ def plan(settings: Settings, batch: str, store=None) -> dict:
 def read_record(store, batch: str) -> dict | None:
     import json
 
-    data = store.get_bytes_or_none(record_key(batch))
+    data = store.get_bytes_or_none(layout.retrain_record_key(batch))
     return None if data is None else json.loads(data)
 
 
@@ -104,7 +100,7 @@ def write_record(settings: Settings, planned: dict, evaluation: dict | None, pro
         "context": context or {},
     }
     body = json.dumps(record, indent=2, sort_keys=True, default=str).encode()
-    key = record_key(batch)
+    key = layout.retrain_record_key(batch)
     existing = read_record(store, batch)
     if existing is not None and existing.get("raw_etag") == record["raw_etag"]:
         return existing

@@ -23,7 +23,7 @@ def dagbag(tmp_path_factory):
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == {"campaign_retrain", "campaign_score"}
+    assert set(dagbag.dag_ids) == {"campaign_retrain", "campaign_score", "campaign_feedback"}
 
 
 def test_retrain_chain_order(dagbag):
@@ -48,6 +48,18 @@ def test_retrain_runs_on_landed_batches_and_daily_and_publishes_the_champion(dag
     assert dag.get_task("record").trigger_rule == "none_failed"   # runs when promote is skipped by the gate
 
 
+def test_no_dag_starts_a_run_when_unpaused(dagbag):
+    """Unpausing (the demo, the e2e tests) must start nothing by itself: timed schedules wait for
+    their next tick (no catchup, no run for the tick just missed)."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    for dag in dagbag.dags.values():
+        timetable = DagSerialization.from_dict(DagSerialization.to_dict(dag)).timetable
+        inner = getattr(timetable, "timetable", timetable)       # AssetOrTimeSchedule wraps a timetable
+        assert not dag.catchup, dag.dag_id
+        assert getattr(inner, "_run_immediately", getattr(inner, "run_immediately", False)) is False, dag.dag_id
+
+
 def test_score_has_a_params_form(dagbag):
     dag = dagbag.dags["campaign_score"]
     assert {"campaign_id", "budget", "engine", "exploration_share", "use_last_validated", "replay"} <= set(dag.params.keys())
@@ -58,6 +70,18 @@ def test_score_checks_the_request_before_any_work(dagbag):
     dag = dagbag.dags["campaign_score"]
     assert set(dag.task_ids) == {"check_request", "score"}
     assert dag.get_task("check_request").downstream_task_ids == {"score"}
+
+
+def test_feedback_compares_then_checks_daily_with_a_form(dagbag):
+    dag = dagbag.dags["campaign_feedback"]
+    assert set(dag.task_ids) == {"compare", "check_forecast"}
+    assert dag.get_task("compare").downstream_task_ids == {"check_forecast"}
+    assert {"campaign_id", "scores_run_id"} <= set(dag.params.keys())
+    assert dag.params["campaign_id"] is None and dag.params["scores_run_id"] is None
+    assert dag.schedule == "@daily" and not dag.catchup and dag.description and dag.doc_md
+    assert dag.owner == "campaignops" and dag.tags >= {"campaignops", "feedback"}
+    assert dag.get_task("compare").retries >= 2 and dag.get_task("check_forecast").retries == 0
+    assert all(dag.get_task(t).doc_md for t in dag.task_ids)
 
 
 @pytest.mark.parametrize("dag_file", sorted(p.name for p in DAGS.glob("*.py")))

@@ -118,9 +118,10 @@ def test_airflow_env_points_workers_at_api_port(settings, monkeypatch):
     assert env["AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE"] == "True"          # the local stack runs the daily DAG
 
 
-def test_sandbox_stacks_run_no_scheduled_dag_runs(settings, monkeypatch, tmp_path):
-    """The sandbox (e2e tests, DAG benchmark) turns the schedule off: unpausing a DAG there must
-    not start a daily run beside the one that is triggered and measured."""
+def test_sandbox_stacks_create_asset_triggered_runs(settings, monkeypatch, tmp_path):
+    """The sandbox (e2e tests, DAG benchmark) keeps the scheduler's DAG-run creation on: a landed
+    raw batch (asset event) must start campaign_retrain there too. Unpausing a DAG does not start
+    a daily run beside the one triggered and measured: tests/dags checks the timetables."""
     from campaignops.infra import sandbox
 
     seen = {}
@@ -131,7 +132,7 @@ def test_sandbox_stacks_run_no_scheduled_dag_runs(settings, monkeypatch, tmp_pat
     (tmp_path / "ws" / "params.yaml").write_text((settings.workspace / "params.yaml").read_text())
     with sandbox.sandbox_stack(tmp_path):
         pass
-    assert seen["env"]["AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE"] == "False"
+    assert seen["env"]["AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE"] == "True"
     assert "CAMPAIGNOPS_AIRFLOW_SCHEDULES" not in os.environ            # the environment is restored
 
 
