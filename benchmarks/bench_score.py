@@ -246,7 +246,7 @@ def prepare_world(settings, tmp: Path, world_users: int) -> dict:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from campaignops.pipelines import features, ingest, layout, synth, validate
+    from campaignops.pipelines import features, ingest, layout, scoring_frames, synth, validate
     from campaignops.pipelines.storage import ObjectStore
     from campaignops.validation.contract import CONTROL
 
@@ -270,7 +270,7 @@ def prepare_world(settings, tmp: Path, world_users: int) -> dict:
     meta = json.loads((fdir / "meta.json").read_text())
     meta["arm_targets"] = arm_target_vocabulary(pq.read_table(fdir / "arms.parquet"))
     seed_everything(int(params["seed"]))
-    x_train, _, rev_train = training_arrays(settings, "train", meta)          # as pipelines/train.py
+    x_train, _, rev_train, _ = training_arrays(settings, "train", meta)          # as pipelines/train.py
     meta["revenue_scale"] = float(rev_train[rev_train > 0].mean()) if (rev_train > 0).any() else 1.0
     model = build_model(meta, params, x_train["profile"].shape[1], x_train["variant"].shape[1])
     model.get_layer("profile_norm").adapt(x_train["profile"])
@@ -279,11 +279,11 @@ def prepare_world(settings, tmp: Path, world_users: int) -> dict:
 
     raw = json.loads((ws / layout.RAW_MANIFEST).read_text())
     campaign_id = raw["upcoming_campaign_id"]
-    con = features.connect(ws / layout.VALIDATED_DIR)
-    arms = [x for x in features.campaign_arms(con).to_pylist() if x["campaign_id"] == campaign_id]
+    con = scoring_frames.connect(ws / layout.VALIDATED_DIR)
+    arms = [x for x in scoring_frames.campaign_arms(con).to_pylist() if x["campaign_id"] == campaign_id]
     arms = sorted(arms, key=lambda x: (x["variant_id"] == CONTROL, x["variant_id"]))   # as score_request.check_request
     (tmp / "arms.json").write_text(json.dumps(arms, default=float))
-    frame = features.campaign_scoring_frame(con, campaign_id, meta)[0]
+    frame = scoring_frames.campaign_scoring_frame(con, campaign_id, meta)[0]
     timings["model_frame_s"] = time.perf_counter() - t
     n_params = int(sum(np.prod(w.shape) for w in model.weights))
     return {"campaign_id": campaign_id, "arms": arms, "frame": frame, "timings": timings, "n_params": n_params,

@@ -34,7 +34,8 @@ def main() -> None:
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     from campaignops.config import load_settings
-    from campaignops.pipelines import synth as S
+    from campaignops.pipelines import sim_events as E
+    from campaignops.pipelines import sim_world as S
     from campaignops.validation.contract import CHANNELS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,11 +48,11 @@ def main() -> None:
     camps, n_cat = w.campaigns, w.n_categories
     rng = np.random.default_rng(chunks_seed.spawn(1)[0])
     u, _, lo = S._users(rng, w, 0, a.users)
-    ev, ui_e, ts_e = S._events(rng, w, u, lo)
+    ev, ui_e, ts_e = E._events(rng, w, u, lo)
     camp = camps[-2]                                  # the last past campaign: the holdout's
     t = np.full(u.n, (camp.start_ms + camp.end_ms) // 2, dtype=np.int64)
     ui = np.arange(u.n)
-    n_recent = S._Recency(ui_e, ts_e, w.hist_start - 800 * S.DAY_MS).count(ui, t)
+    n_recent = E._Recency(ui_e, ts_e, w.hist_start - 800 * S.DAY_MS).count(ui, t)
     P, _ = S.true_arms(u, ui, t, n_recent, camp)
     oracle, control = P.max(1).mean(), P[:, 0].mean()
 

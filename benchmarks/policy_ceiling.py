@@ -34,7 +34,7 @@ def main() -> None:
     from campaignops.pipelines import layout
     from campaignops.pipelines.evaluate import holdout_metrics, load_holdout
     from campaignops.pipelines.drift import sample
-    from campaignops.pipelines.features import attach_arms
+    from campaignops.pipelines.scoring_frames import attach_arms
 
     settings = load_settings()
     meta = json.loads((settings.workspace / layout.FEATURES_DIR / "meta.json").read_text())

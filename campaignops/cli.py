@@ -57,12 +57,27 @@ def stack_status() -> None:
 @data_app.command("generate")
 def data_generate(users: Optional[int] = typer.Option(None, help="number of users (default: params data.users)"),
                   seed: Optional[int] = typer.Option(None, help="random seed (default: params data.seed)"),
-                  batch: Optional[str] = typer.Option(None, help="batch id (default: params data.batch)")) -> None:
+                  batch: Optional[str] = typer.Option(None, help="batch id (default: the date, else params data.batch)"),
+                  date: Optional[str] = typer.Option(
+                      None, help="simulated day (ISO date within params data.sim): the world as of that midnight, "
+                                 "with the outcomes of the campaigns the platform scored"),
+                  broken_outcomes: bool = typer.Option(
+                      False, "--broken-outcomes", help="fault injection: shuffle responded/revenue across exposures")) -> None:
     """Write a synthetic campaign world with known truth to S3 raw/<batch>/."""
     from campaignops.pipelines import synth
 
-    manifest = synth.generate(load_settings(), users=users, seed=seed, batch=batch)
-    _print({"batch": manifest["batch"], "tables": {t: v["rows"] for t, v in manifest["tables"].items()}})
+    try:
+        manifest = synth.generate(load_settings(), users=users, seed=seed, batch=batch, date=date,
+                                  broken_outcomes=broken_outcomes)
+    except ValueError as exc:   # a date outside the calendar, a scores run of another world
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(2)
+    out = {"batch": manifest["batch"], "tables": {t: v["rows"] for t, v in manifest["tables"].items()}}
+    if date is not None:
+        out["sim"] = {"day": manifest["sim"]["day"], "upcoming_campaign_id": manifest["upcoming_campaign_id"],
+                      "policies": {c: v.get("policy") for c, v in manifest["sim"]["campaigns"].items()
+                                   if v["status"] == "resolved"}}
+    _print(out)
 
 
 @data_app.command("import")
@@ -202,5 +217,71 @@ def score(campaign_id: Optional[str] = typer.Option(None, help="campaign to scor
                       "latest.json was not moved[/]")
 
 
+@app.command()
+def feedback(campaign_id: str = typer.Option(..., help="campaign whose outcomes to compare with its forecast"),
+             scores_run: Optional[str] = typer.Option(None, help="scores run id (default: the run latest.json names)")) -> None:
+    """Forecast vs actual of a scored campaign once its outcomes landed; report to S3 feedback/ and MLflow.
+
+    Exit codes: 0 the forecast holds; 3 some gated metric's actual is outside the forecast's interval
+    (params.yaml feedback.gate); 2 the outcomes have not landed or the request cannot be served."""
+    from campaignops.pipelines import feedback as step
+
+    try:
+        report = step.run(load_settings(), campaign_id, scores_run)
+    except step.FeedbackError as exc:   # OutcomesNotReady included
+        console.print(f"[red]feedback refused:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(2)
+    table = Table("scope", "metric", "sends fc/actual", "forecast [interval]", "actual [interval]", "truth",
+                  "fc ÷ actual", "in interval", "flag",
+                  title=f"feedback {report['campaign_id']} / {report['scores_run_id']} (actual: IPW, "
+                        f"{report['level']:.0%} interval)")
+    num = lambda x: "–" if x is None else f"{x:,.1f}"   # noqa: E731
+    for scope, block in [("total", report["total"]), *report["by_variant"].items()]:
+        for name, m in block["metrics"].items():
+            f, a = m["forecast"] or {}, m["actual"]
+            out = f"{scope}.{name}" in report["outside_interval"]
+            table.add_row(scope, name, f"{block['sends']['forecast']}/{block['sends']['actual']}",
+                          f"{num(f.get('forecast'))} [{num(f.get('lo'))}, {num(f.get('hi'))}]",
+                          f"{num(a['estimate'])} [{num(a['lo'])}, {num(a['hi'])}]", num(m["truth"]),
+                          "–" if m["forecast_over_actual"] is None else f"{m['forecast_over_actual']:.2f}",
+                          {True: "yes", False: "no", None: "–"}[m["within_interval"]],
+                          "[bold red]OUTSIDE[/]" if out else "")
+    console.print(table)
+    if report.get("truth"):
+        t = report["truth"]
+        console.print(f"truth: sends' incremental responses {num(t['incremental_responses'])}, oracle at equal sends "
+                      f"{num(t['oracle_same_sends'])}, share of the oracle "
+                      f"{'–' if t['share_of_oracle'] is None else format(t['share_of_oracle'], '.3f')}")
+    console.print(f"report: {report['output']['html']}")
+    if report["outside_interval"]:
+        for line in step.flag_lines(report):
+            console.print(f"[bold red]outside the forecast:[/] {line}", soft_wrap=True)
+        raise typer.Exit(3)
+
+
 if __name__ == "__main__":
     app()
+
+
+@app.command("history")
+def history(html: Optional[str] = typer.Option(None, "--html", help="also write the table as one self-contained HTML page here"),
+            as_json: bool = typer.Option(False, "--json", help="print the rows as JSON")) -> None:
+    """The loop day by day: retraining gate and champion, the campaign scored, forecast vs actual."""
+    from pathlib import Path
+
+    from campaignops.pipelines import history as hist
+    from campaignops.pipelines.storage import ObjectStore
+
+    days = hist.collect(ObjectStore(load_settings()))
+    if as_json:
+        _print(days)
+        return
+    table = Table(*hist.COLUMNS, title="campaignops: the loop, day by day")
+    for row in hist.table_rows(days):
+        table.add_row(*row)
+    console.print(table)
+    if not days:
+        console.print("[yellow]no retraining day and no scored campaign yet[/]")
+    if html:
+        Path(html).write_text(hist.to_html(days))
+        console.print(f"wrote {html}")

@@ -10,7 +10,8 @@ holdout metrics (pipelines/evaluate.holdout_metrics):
 - `mlp_noseq`: the main network without the sequence encoder (same heads, same training).
 
 Each baseline has fit(...) / predict(x) -> p_response over the {"seq","profile","variant"}
-arrays of models/inputs.encode, and save(dir) / load(dir)."""
+arrays of models/inputs.encode, and save(dir) / load(dir). fit takes per-row sample weights
+(inverse-propensity weights, models/weights.py) where the estimator supports them: all three do."""
 from __future__ import annotations
 
 import json
@@ -66,6 +67,25 @@ def classifier(kind: str, seed: int = 0, max_iter: int = 200):
     raise ValueError(f"unknown T-learner kind {kind!r}")
 
 
+def fit_weighted(estimator, x: np.ndarray, y: np.ndarray, sample_weight=None):
+    """estimator.fit(x, y) with per-row weights when given: passed to the estimator's own fit, or to
+    a pipeline's last step (the scaler of "logreg" stays unweighted); an estimator whose fit takes
+    no sample_weight is refused rather than silently fitted unweighted."""
+    if sample_weight is None:
+        return estimator.fit(x, y)
+    from sklearn.pipeline import Pipeline
+    from sklearn.utils.validation import has_fit_parameter
+
+    if isinstance(estimator, Pipeline):
+        name, last = estimator.steps[-1]
+        if has_fit_parameter(last, "sample_weight"):
+            return estimator.fit(x, y, **{f"{name}__sample_weight": sample_weight})
+    elif has_fit_parameter(estimator, "sample_weight"):
+        return estimator.fit(x, y, sample_weight=sample_weight)
+    raise ValueError(f"{type(estimator).__name__} takes no sample_weight; set params train.propensity_weights: false "
+                     "or use a baseline that does")
+
+
 class TLearner:
     def __init__(self, kind: str = "gbt", seed: int = 0, max_iter: int = 200):
         self.kind, self.seed, self.max_iter = kind, seed, max_iter
@@ -75,12 +95,15 @@ class TLearner:
     def _estimator(self):
         return classifier(self.kind, self.seed, self.max_iter)
 
-    def fit(self, x: dict[str, np.ndarray], y: np.ndarray, meta: dict) -> "TLearner":
+    def fit(self, x: dict[str, np.ndarray], y: np.ndarray, meta: dict, sample_weight=None) -> "TLearner":
         self.meta = meta
         user, arm, control = tabular(x, meta)
         y = np.asarray(y).astype(int)
-        self.control_model = self._estimator().fit(user[control], y[control])
-        self.treated_model = self._estimator().fit(np.concatenate([user, arm], 1)[~control], y[~control])
+        w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        self.control_model = fit_weighted(self._estimator(), user[control], y[control],
+                                          None if w is None else w[control])
+        self.treated_model = fit_weighted(self._estimator(), np.concatenate([user, arm], 1)[~control], y[~control],
+                                          None if w is None else w[~control])
         return self
 
     def predict(self, x: dict[str, np.ndarray]) -> np.ndarray:
@@ -108,13 +131,15 @@ class NoSequenceMLP:
         self.params = params
         self.model = None
 
-    def fit(self, x_train, y_train, rev_train, x_valid, y_valid, rev_valid, meta: dict) -> "NoSequenceMLP":
+    def fit(self, x_train, y_train, rev_train, x_valid, y_valid, rev_valid, meta: dict,
+            sample_weight=None, valid_weight=None) -> "NoSequenceMLP":
         from campaignops.models.uplift_net import build_model, fit_network
 
         self.model = build_model(meta, self.params, x_train["profile"].shape[1], x_train["variant"].shape[1],
                                  sequence=False)
         self.model.get_layer("profile_norm").adapt(x_train["profile"])
-        self.history = fit_network(self.model, self.params, x_train, y_train, rev_train, x_valid, y_valid, rev_valid)
+        self.history = fit_network(self.model, self.params, x_train, y_train, rev_train, x_valid, y_valid, rev_valid,
+                                   w_train=sample_weight, w_valid=valid_weight)
         return self
 
     def predict(self, x: dict[str, np.ndarray]) -> np.ndarray:
@@ -136,17 +161,19 @@ class NoSequenceMLP:
 
 
 def train_baselines(names, x_train, y_train, rev_train, x_valid, y_valid, rev_valid, meta: dict,
-                    params: dict, seed: int = 0) -> dict[str, tuple[object, float]]:
-    """Fit each named baseline; returns {name: (fitted model, fit seconds)}."""
+                    params: dict, seed: int = 0, w_train=None, w_valid=None) -> dict[str, tuple[object, float]]:
+    """Fit each named baseline (with the rows' sample weights when given); returns
+    {name: (fitted model, fit seconds)}."""
     out = {}
     for name in names:
         t0 = time.perf_counter()
         if name == "tlearner_gbt":
-            model = TLearner("gbt", seed).fit(x_train, y_train, meta)
+            model = TLearner("gbt", seed).fit(x_train, y_train, meta, w_train)
         elif name == "tlearner_logreg":
-            model = TLearner("logreg", seed).fit(x_train, y_train, meta)
+            model = TLearner("logreg", seed).fit(x_train, y_train, meta, w_train)
         elif name == "mlp_noseq":
-            model = NoSequenceMLP(params).fit(x_train, y_train, rev_train, x_valid, y_valid, rev_valid, meta)
+            model = NoSequenceMLP(params).fit(x_train, y_train, rev_train, x_valid, y_valid, rev_valid, meta,
+                                              w_train, w_valid)
         else:
             raise ValueError(f"unknown baseline {name!r}; known: {NAMES}")
         out[name] = (model, time.perf_counter() - t0)

@@ -183,14 +183,16 @@ def average(members: list):
 
 
 def fit_network(model, params: dict, x_train, y_train, rev_train, x_valid, y_valid, rev_valid,
-                uplift_valid: tuple | None = None):
+                uplift_valid: tuple | None = None, w_train=None, w_valid=None):
     """Fit with early stopping (params: epochs, batch_size, patience, early_stopping_monitor,
     shuffle: rows = every epoch draws batches from shuffled rows, batches = rows shuffled once
     (seeded by params seed) and each epoch shuffles whole batches);
     revenue targets are already divided by revenue_scale. Returns the Keras History.
     `uplift_valid` (encoded inputs, frame) of the validation exposures scored under every arm of
     their campaign (frame as models.arms') adds `val_qini` to the epoch logs, which
-    early_stopping_monitor may name."""
+    early_stopping_monitor may name. `w_train` / `w_valid`: per-row sample weights of both outputs'
+    losses (inverse-propensity weights, models/weights.py; None = unweighted); the AUC metric stays
+    unweighted."""
     import keras
     import numpy as np
 
@@ -213,6 +215,7 @@ def fit_network(model, params: dict, x_train, y_train, rev_train, x_valid, y_val
         callbacks.append(ValidQini())
     f32 = lambda a: np.asarray(a, dtype=np.float32)  # noqa: E731
     y_train, rev_train = f32(y_train), f32(rev_train)
+    w_train = None if w_train is None else f32(w_train)
     shuffle = params.get("shuffle", "rows")
     if shuffle == "batches":
         # One seeded shuffle of the rows, then Keras reorders whole batches each epoch: gathering
@@ -220,14 +223,24 @@ def fit_network(model, params: dict, x_train, y_train, rev_train, x_valid, y_val
         order = np.random.default_rng(int(params.get("seed", 0))).permutation(len(y_train))
         x_train = {k: v[order] for k, v in x_train.items()}
         y_train, rev_train = y_train[order], rev_train[order]
+        w_train = None if w_train is None else w_train[order]
     elif shuffle != "rows":
         raise ValueError(f"params train.shuffle: {shuffle!r} is not rows | batches")
     callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor,
                                                    mode="max" if monitor.endswith(("auc", "qini")) else "min",
                                                    patience=int(params.get("patience", 3)), restore_best_weights=True))
+    # Targets and weights as lists in the model's output order: Keras 3 resolves a per-output
+    # sample_weight by the outputs' (list) positions, which a dict of targets does not match.
+    outputs = list(model.output_names)
+    targets = {"response": y_train, "revenue": rev_train}
+    valid_targets = {"response": f32(y_valid), "revenue": f32(rev_valid)}
+    valid = (x_valid, [valid_targets[n] for n in outputs])
+    if w_valid is not None:
+        valid += ([f32(w_valid)] * len(outputs),)
     return model.fit(
-        x_train, {"response": y_train, "revenue": rev_train},
-        validation_data=(x_valid, {"response": f32(y_valid), "revenue": f32(rev_valid)}),
+        x_train, [targets[n] for n in outputs],
+        sample_weight=None if w_train is None else [w_train] * len(outputs),
+        validation_data=valid,
         epochs=int(params.get("epochs", 20)),
         batch_size=int(params.get("batch_size", 512)),
         validation_batch_size=4096,   # inference only: larger batches, same result, half the time

@@ -134,7 +134,7 @@ def attach(con: duckdb.DuckDBPyConnection, table: pa.Table, spec: list[dict] | N
 
 def attach_scoring(con: duckdb.DuckDBPyConnection, table: pa.Table, spec: list[dict] | None, as_of: str) -> pa.Table:
     """Scoring (trusted boundary, real ids): `table` (user_id = real id) with the model's attribute
-    columns as of `as_of`, from the connection's `user_attributes` view (features.connect)."""
+    columns as of `as_of`, from the connection's `user_attributes` view (scoring_frames.connect)."""
     if not spec:
         return table
     has_view = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [TABLE]).fetchone()[0]

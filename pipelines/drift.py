@@ -188,7 +188,7 @@ def write_reference(features_dir, meta: dict, out_dir, mlflow=None, rows: int = 
     The feature metadata rides along so a scoring frame can be rebuilt without loading the model."""
     import pyarrow.parquet as pq
 
-    from campaignops.pipelines.features import attach_arms
+    from campaignops.pipelines.scoring_frames import attach_arms
     from campaignops.pipelines.storage import atomic_dir
 
     fdir = Path(features_dir)
@@ -327,7 +327,7 @@ def gate_training(settings, store=None) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from campaignops.pipelines.features import attach_arms
+    from campaignops.pipelines.scoring_frames import attach_arms
 
     def current(ref, _meta):
         fdir = settings.workspace / layout.FEATURES_DIR
@@ -354,7 +354,7 @@ def gate_scoring(settings, campaign_id: str | None = None, users=None, store=Non
 
 def scoring_users(settings, campaign_id: str | None, meta: dict):
     """(scoring frame, campaign_id): features of every user as of the campaign's first start."""
-    from campaignops.pipelines.features import campaign_scoring_frame, connect
+    from campaignops.pipelines.scoring_frames import campaign_scoring_frame, connect
 
     ws = settings.workspace
     campaign_id = campaign_id or json.loads((ws / layout.RAW_MANIFEST).read_text()).get("upcoming_campaign_id")

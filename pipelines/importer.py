@@ -64,7 +64,7 @@ import yaml
 from campaignops.pipelines import layout
 from campaignops.pipelines.storage import sha256_file
 from campaignops.validation import suites
-from campaignops.validation.contract import CAMPAIGN_TYPES, CHANNELS, CONTROL, GENDERS, SCHEMAS
+from campaignops.validation.contract import CAMPAIGN_TYPES, CHANNELS, CONTROL, GENDERS, SCHEMAS, required_schema
 
 FORMATS = ("csv", "parquet")
 ARM_KEYS = {"variant", "type", "channel", "discount_rate", "cost_per_send", "target_category"}
@@ -344,9 +344,9 @@ def build_tables(m: dict, df: pd.DataFrame) -> tuple[dict[str, pa.Table], dict]:
     responded = _int_or_null(df[m["response"]], 0, 127).cast(pa.int8())  # 0/1 is the contract's rule
     revenue = pa.array(_num(df[m["revenue"]]).to_numpy(), pa.float64(), from_pandas=True) if m["revenue"] \
         else pa.array(np.zeros(n), pa.float64())
-    exposures = pa.Table.from_arrays(
+    exposures = pa.Table.from_arrays(   # a log has no propensities: the optional column is omitted
         [exposure_id, uid, pa.array([m["campaign_id"]] * n, pa.string()), pa.array(variant, pa.string()), ts,
-         responded, revenue], schema=SCHEMAS["exposures"])
+         responded, revenue], schema=required_schema("exposures"))
 
     # One users row per distinct user id (its first row); attributes from that row.
     first = ~pd.Series(uid.to_pylist()).duplicated(keep="first").to_numpy() if m["id"] else np.ones(n, bool)

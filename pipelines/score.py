@@ -242,7 +242,7 @@ def scoring_features(settings: Settings, store: ObjectStore, req: Request, meta:
     """Every user's features as of the campaign start (the model's own feature definitions),
     written chunk by chunk to a local parquet and stored in S3 under scoring_features/, where the
     manifest points (what the model saw, for audit and for the Spark engine's executors)."""
-    from campaignops.pipelines.features import connect, scoring_chunks
+    from campaignops.pipelines.scoring_frames import connect, scoring_chunks
 
     path = tmp / "features.parquet"
     writer, rows = None, 0

@@ -77,7 +77,7 @@ def validation_state(settings: Settings, allow_last_validated: bool = False) -> 
 def check_request(settings: Settings, campaign_id: str | None, budget, allow_last_validated: bool = False,
                   replay: bool = False, exploration: dict | None = None) -> Request:
     """Every check that needs no model: budget, validation state, campaign known and not ended."""
-    from campaignops.pipelines.features import campaign_arms, connect
+    from campaignops.pipelines.scoring_frames import campaign_arms, connect
 
     budget = parse_budget(budget)
     state = validation_state(settings, allow_last_validated)

@@ -1,5 +1,7 @@
 """The DVC `train` stage: fits the campaign response network on data/features, saves it to
-data/model and logs params, metrics, dataset hashes and the pyfunc model to MLflow."""
+data/model and logs params, metrics, dataset hashes and the pyfunc model to MLflow. With
+train.propensity_weights each exposure is weighted by 1 / its logged propensity (models/weights.py),
+so exposures of the platform's own targeting teach the population's response."""
 from __future__ import annotations
 
 import json
@@ -11,7 +13,7 @@ import pyarrow.parquet as pq
 
 from campaignops.config import Settings
 from campaignops.pipelines import layout
-from campaignops.pipelines.features import attach_arms
+from campaignops.pipelines.scoring_frames import attach_arms
 from campaignops.pipelines.storage import atomic_dir, sha256_file, write_json
 
 
@@ -23,13 +25,33 @@ def load_split(settings: Settings, split: str, every_arm: bool = False):
 
 
 def training_arrays(settings: Settings, split: str, meta: dict):
-    """(encoded inputs, responded as float32, revenue) of a split; the Arrow table they come from
-    is dropped on return (at 1M users it holds ~1.5 GiB the fit does not need)."""
+    """(encoded inputs, responded as float32, revenue, logged policy) of a split; the Arrow table
+    they come from is dropped on return (at 1M users it holds ~1.5 GiB the fit does not need)."""
     from campaignops.models.inputs import encode
 
     table = load_split(settings, split)
     return (encode(table, meta), table.column("responded").to_numpy().astype(np.float32),
-            table.column("revenue").to_numpy())
+            table.column("revenue").to_numpy(), logged_policy(table))
+
+
+def logged_policy(table) -> dict:
+    """Each row's campaign_id and the propensity its arm was logged with (NaN where unknown; all
+    NaN for features written before exposures carried the column)."""
+    prop = table.column("propensity").to_numpy(zero_copy_only=False).astype(np.float64) \
+        if "propensity" in table.column_names else np.full(table.num_rows, np.nan)
+    return {"campaign_id": table.column("campaign_id").to_numpy(zero_copy_only=False), "propensity": prop}
+
+
+def exposure_weights(logged: dict, params: dict) -> tuple[np.ndarray | None, dict]:
+    """Inverse-propensity weights of the rows (clipped at train.max_weight, mean 1 per campaign)
+    and their summary as metrics `weights.*`; (None, {}) when train.propensity_weights is off."""
+    from campaignops.models import weights
+
+    if not params.get("propensity_weights", False):
+        return None, {}
+    max_weight = float(params.get("max_weight", weights.MAX_WEIGHT))
+    w = weights.inverse_propensity(logged["campaign_id"], logged["propensity"], max_weight)
+    return w, {f"weights.{k}": v for k, v in weights.summary(w, logged["propensity"], max_weight).items()}
 
 
 def seed_everything(seed: int) -> None:
@@ -59,8 +81,10 @@ def run(settings: Settings) -> dict:
     meta["arm_targets"] = arm_target_vocabulary(pq.read_table(fdir / "arms.parquet"))
     seed_everything(int(params["seed"]))
 
-    x_train, y_train, rev_train = training_arrays(settings, "train", meta)   # the table itself is not kept
+    x_train, y_train, rev_train, logged = training_arrays(settings, "train", meta)   # the table is not kept
+    w_train, weight_metrics = exposure_weights(logged, params)
     valid = load_split(settings, "valid")
+    w_valid = exposure_weights(logged_policy(valid), params)[0]
     x_valid = encode(valid, meta)
     y_valid = valid.column("responded").to_numpy().astype(np.float32)
     revenue_scale = float(rev_train[rev_train > 0].mean()) if (rev_train > 0).any() else 1.0
@@ -86,7 +110,7 @@ def run(settings: Settings) -> dict:
         member.get_layer("profile_norm").adapt(x_train["profile"])
         member_params = {**params, "verbose": 2, "seed": int(params["seed"]) + i}  # own batch order too
         histories.append(fit_network(member, member_params, x_train, y_train, rev_train / revenue_scale,
-                                     x_valid, y_valid, rev_valid / revenue_scale, uplift_valid))
+                                     x_valid, y_valid, rev_valid / revenue_scale, uplift_valid, w_train, w_valid))
         members.append(member)
     train_seconds = time.perf_counter() - t0
     model, history = average(members), histories[0]
@@ -100,6 +124,8 @@ def run(settings: Settings) -> dict:
         "train_rows": len(y_train),
         "epochs_run": epochs,
         "ensemble_members": n_members,
+        "exposures_outside_window": int((meta.get("exposures") or {}).get("outside_window", 0)),
+        **weight_metrics,   # weights.min / max / ess / ess_share / null_propensity_rows / clipped_rows
     }
     # Baselines on the same split (models/baselines.py); evaluate.py scores them on the holdout.
     # Reference points, not the product: beyond baseline_max_rows they fit on a seeded sample.
@@ -108,7 +134,8 @@ def run(settings: Settings) -> dict:
     rows = sample_indices(len(y_train), params.get("baseline_max_rows"), int(params["seed"]))
     xb = {k: v[rows] for k, v in x_train.items()}
     baselines = train_baselines(params.get("baselines", []), xb, y_train[rows], rev_train[rows] / revenue_scale,
-                                x_valid, y_valid, rev_valid / revenue_scale, meta, params, int(params["seed"]))
+                                x_valid, y_valid, rev_valid / revenue_scale, meta, params, int(params["seed"]),
+                                None if w_train is None else w_train[rows], w_valid)
     metrics["baseline_train_rows"] = int(len(rows))
     for name, (bm, seconds) in baselines.items():
         metrics[f"baseline_{name}.train_seconds"] = seconds

@@ -2,7 +2,8 @@
 
 1. Batch level, per file (`stage_file`): the part is fetched to a local work dir (ETag as seen at
    ingest), must be non-empty readable parquet or UTF-8 comma-separated CSV (read with the
-   contract's types), with the contract columns (set and order) and types; row counts as the
+   contract's types), with the contract columns (set and order; trailing optional columns,
+   contract.OPTIONAL_COLUMNS, may be omitted and are added as nulls) and types; row counts as the
    manifest says. Any failure rejects the whole batch (`BatchRejected`), naming the file, the
    column/row where known and the rule; nothing is written.
 2. Cleaning (declared in validation/suites.py, counted in the report): exact duplicate events
@@ -54,7 +55,14 @@ from campaignops.config import Settings
 from campaignops.pipelines import layout
 from campaignops.pipelines.storage import ObjectStore, atomic_dir, write_json
 from campaignops.validation import suites
-from campaignops.validation.contract import ALL_TABLES, MAY_BE_EMPTY, SCHEMAS, TABLES
+from campaignops.validation.contract import (
+    ALL_TABLES,
+    MAY_BE_EMPTY,
+    OPTIONAL_COLUMNS,
+    SCHEMAS,
+    TABLES,
+    accepts_columns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,34 +132,41 @@ def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
 
 
 def check_columns(names: list[str], table: str, uri: str) -> None:
+    """The contract's columns in order; trailing optional columns (contract.OPTIONAL_COLUMNS) may be missing."""
+    if accepts_columns(table, names):
+        return
     expected = SCHEMAS[table].names
-    missing = [c for c in expected if c not in names]
+    missing = [c for c in expected if c not in names and c not in OPTIONAL_COLUMNS.get(table, ())]
     extra = [c for c in names if c not in expected]
-    if missing or extra or list(names) != expected:
-        detail = []
-        if missing:
-            detail.append(f"missing column(s) {missing}")
-        if extra:
-            detail.append(f"unexpected column(s) {extra}")
-        if not detail:
-            detail.append(f"column order {list(names)} differs from the contract's {expected}")
-        raise BatchRejected(f"[rule {table}.schema.columns] {uri}: " + "; ".join(detail))
+    detail = []
+    if missing:
+        detail.append(f"missing column(s) {missing}")
+    if extra:
+        detail.append(f"unexpected column(s) {extra}")
+    if not detail:
+        detail.append(f"column order {list(names)} differs from the contract's {expected}")
+    raise BatchRejected(f"[rule {table}.schema.columns] {uri}: " + "; ".join(detail))
 
 
 def check_schema_only(schema: pa.Schema, table: str, uri: str) -> bool:
     """Batch-level rules on a file's schema. True if it is exactly the contract's (no cast needed)."""
     check_columns(schema.names, table, uri)
-    for f in SCHEMAS[table]:
+    present = [f for f in SCHEMAS[table] if f.name in schema.names]
+    for f in present:
         actual = schema.field(f.name).type
         if not _compatible(actual, f.type):
             raise BatchRejected(f"[rule {table}.schema.types] {uri}: column {f.name!r} has type {actual}, "
                                 f"the contract requires {f.type}")
-    return all(schema.field(f.name).type == f.type for f in SCHEMAS[table])
+    return len(present) == len(SCHEMAS[table]) and all(schema.field(f.name).type == f.type for f in present)
 
 
 def check_schema(t: pa.Table, table: str, uri: str) -> pa.Table:
-    """Batch-level rules for one file; returns it cast to the exact contract schema."""
+    """Batch-level rules for one file; returns it cast to the exact contract schema (omitted
+    optional columns added as nulls)."""
     check_schema_only(t.schema, table, uri)
+    for f in SCHEMAS[table]:
+        if f.name not in t.column_names:
+            t = t.append_column(f.name, pa.nulls(t.num_rows, f.type))
     return t.select(SCHEMAS[table].names).cast(SCHEMAS[table])
 
 
@@ -172,7 +187,7 @@ def read_csv_part(path: Path, table: str, uri: str) -> pa.Table:
                             f"{exc.start}, line {_line_of(data, exc.start)}); re-export the file as UTF-8") from exc
     header = data.split(b"\n", 1)[0].decode().rstrip("\r").lstrip("\ufeff")
     names = next(csv.reader([header])) if header else []
-    if names != SCHEMAS[table].names:
+    if not accepts_columns(table, names):
         for sep in (";", "\t", "|"):
             if len(header.split(sep)) > 1 and [c.strip('"') for c in header.split(sep)] == SCHEMAS[table].names:
                 raise BatchRejected(f"[rule {table}.file.delimiter] {uri}: the header is {sep!r}-delimited; the "

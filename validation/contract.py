@@ -54,6 +54,9 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("exposure_ts", TS),
             ("responded", pa.int8()),
             ("revenue", pa.float64()),
+            # Optional (OPTIONAL_COLUMNS): P(logged arm | user) under the policy that chose it;
+            # null = unknown (a CRM log without it is valid; validation adds it as nulls).
+            ("propensity", pa.float64()),
         ]
     ),
     # Optional: per-user attributes of any name, long format, each the user's value as of `as_of`
@@ -78,6 +81,25 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     "exposures": ("exposure_id",),
     "user_attributes": ("user_id", "name", "as_of"),
 }
+
+# Trailing columns a file may omit (validation adds them as nulls): columns added to the contract
+# after sources already existed, or that many sources cannot know.
+OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {"exposures": ("propensity",)}
+
+
+def accepts_columns(table: str, names: list[str]) -> bool:
+    """True if a file with columns `names` meets the contract: all of them in order, or without
+    some trailing optional columns."""
+    full = SCHEMAS[table].names
+    names = list(names)
+    return names == full[:len(names)] and all(c in OPTIONAL_COLUMNS.get(table, ()) for c in full[len(names):])
+
+
+def required_schema(table: str) -> pa.Schema:
+    """The contract's columns without the optional ones: the least a file must have."""
+    optional = OPTIONAL_COLUMNS.get(table, ())
+    return pa.schema([f for f in SCHEMAS[table] if f.name not in optional])
+
 
 TABLES = ("users", "events", "campaigns", "exposures")  # every batch has these
 OPTIONAL_TABLES = ("user_attributes",)                    # a batch may omit these (not in its manifest)

@@ -33,6 +33,7 @@ from campaignops.validation.contract import (
     CONTROL,
     EVENT_TYPES,
     GENDERS,
+    OPTIONAL_COLUMNS,
     PRIMARY_KEYS,
     SCHEMAS,
     TABLES,
@@ -43,7 +44,7 @@ NULLABLE: dict[str, frozenset[str]] = {
     "users": frozenset({"region", "occupation"}),
     "events": frozenset({"category"}),  # unknown category → the model's out-of-vocabulary token
     "campaigns": frozenset({"target_category"}),
-    "exposures": frozenset(),
+    "exposures": frozenset({"propensity"}),  # optional column (contract.OPTIONAL_COLUMNS): null = unknown
     "user_attributes": frozenset({"value_num", "value_str"}),  # exactly one set (rules below)
 }
 
@@ -87,7 +88,9 @@ def required_columns(table: str) -> list[str]:
 def schema_rules(table: str) -> list[Rule]:
     return [
         Rule(rule_id(table, "schema", "columns"), table, BATCH,
-             f"columns are exactly {SCHEMAS[table].names} in this order", "arrow"),
+             f"columns are exactly {SCHEMAS[table].names} in this order"
+             + (f" (a file may omit the trailing optional {list(OPTIONAL_COLUMNS[table])})"
+                if OPTIONAL_COLUMNS.get(table) else ""), "arrow"),
         Rule(rule_id(table, "schema", "types"), table, BATCH,
              "every column has its contract type", "arrow"),
         Rule(rule_id(table, "manifest", "present"), table, BATCH, "the raw manifest lists the table", "arrow"),
@@ -240,6 +243,9 @@ def _row_specs(table: str, now: datetime, max_len: int = MAX_STRING_LENGTH) -> l
         in_set("responded", (0, 1))
         between("revenue", lo=0, name="non_negative", desc="revenue >= 0")
         between("exposure_ts", hi=now, name="not_future", desc=f"exposure_ts {now_desc}")
+        specs.append(("exposures.propensity.range", "propensity is null (unknown) or 0 < propensity <= 1: a logged "
+                      "arm had a non-zero chance under its policy", gxe.ExpectColumnValuesToBeBetween,
+                      {"column": "propensity", "min_value": 0.0, "max_value": 1.0, "strict_min": True}))
     elif table == "user_attributes":
         between("as_of", hi=now, name="not_future", desc=f"as_of {now_desc}")
         specs.append(("user_attributes.name.format", f"name matches {ATTRIBUTE_NAME_REGEX}",
@@ -358,9 +364,9 @@ def sql_predicates(table: str, now: datetime, rel: str, max_len: int = MAX_STRIN
         elif name == "ExpectColumnValuesToBeBetween":
             bounds = []
             if "min_value" in kw:
-                bounds.append(f"{_q(c)} < {_sql_literal(kw['min_value'])}")
+                bounds.append(f"{_q(c)} {'<=' if kw.get('strict_min') else '<'} {_sql_literal(kw['min_value'])}")
             if "max_value" in kw:
-                bounds.append(f"{_q(c)} > {_sql_literal(kw['max_value'])}")
+                bounds.append(f"{_q(c)} {'>=' if kw.get('strict_max') else '>'} {_sql_literal(kw['max_value'])}")
             pred = f"{present(c)} AND ({' OR '.join(bounds)})"
         elif name in ("ExpectColumnValuesToBeInSet", "ExpectColumnValuesToNotBeInSet"):
             values = ", ".join(_sql_literal(v) for v in kw["value_set"])

@@ -202,3 +202,131 @@ def test_spark_engine_through_the_dag_agrees_with_the_local_engine(stack):
         assert local_scores[col].tolist() == spark_scores[col].tolist(), col
     p_cols = [c for c in local_scores.columns if c.startswith("p_")]
     assert np.abs(local_scores[p_cols].to_numpy() - spark_scores[p_cols].to_numpy()).max() < 1e-6
+
+
+def _wait_new_run(client, dag_id: str, seen: set[str], run_type: str, timeout: float = 300) -> str:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = [r for r in client.runs(dag_id) if r["dag_run_id"] not in seen and r["run_type"] == run_type]
+        if new:
+            return new[0]["dag_run_id"]
+        time.sleep(3)
+    raise AssertionError(f"no new {run_type} run of {dag_id} within {timeout:.0f}s")
+
+
+def _wait_backfill(client, dag_id: str, n: int, timeout: float = 1800) -> list[dict]:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = client.backfill_runs(dag_id)
+        if len(runs) >= n and all(r["state"] in ("success", "failed") for r in runs):
+            return runs
+        time.sleep(5)
+    raise AssertionError(f"backfill of {dag_id} not finished within {timeout:.0f}s: "
+                         f"{[(r['logical_date'], r['state']) for r in client.backfill_runs(dag_id)]}")
+
+
+def test_days_land_retrain_in_order_each_gated_and_feedback_compares_forecast_with_outcomes(stack):
+    """The loop over days on the real stack. Day 1 lands and is announced (asset event): Airflow
+    retrains for it by itself; its campaign is scored. Day 2 is a broken CRM export (outcomes
+    shuffled), day 3 is normal and holds day 1's campaign outcomes. A backfill of days 1-3 through
+    the REST API runs them in order, one at a time: day 1 again changes nothing (no new MLflow run,
+    no new version, no re-logged report), day 2's gate refuses (no version), day 3 is gated like any
+    day; every promoted day has exactly one version. Then campaign_feedback compares day 1's
+    forecast with the outcomes that came back."""
+    from datetime import date, timedelta
+
+    import mlflow
+    import yaml
+
+    from campaignops.config import apply_env
+    from campaignops.infra.airflow_client import AirflowClient, DagRunFailed
+    from campaignops.pipelines import assets, retrain_day, synth
+    from campaignops.pipelines.storage import ObjectStore
+
+    settings = stack
+    apply_env(settings)
+    store = ObjectStore(settings)
+    client = AirflowClient.from_settings(settings)
+    # A shuffled-outcome model has AUC ~0.5: the gate's floor must sit above that noise here.
+    params_path = settings.workspace / "params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params["evaluate"]["min_auc"] = 0.56
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+    start = date.fromisoformat(str(settings.params["data"]["sim"]["start_date"]))
+    d1, d2, d3 = (str(start + timedelta(days=k)) for k in range(3))
+    m1 = synth.generate(settings, date=d1, progress=False)
+
+    # Day 1: announced like an export job would; Airflow starts the retrain by itself.
+    client.wait_for_dag("campaign_retrain", timeout=300)
+    client.unpause("campaign_retrain")
+    seen = {r["dag_run_id"] for r in client.runs("campaign_retrain")}
+    assets.announce_batch(settings, d1, store.uri(f"raw/{d1}/_manifest.json"))
+    run_id = _wait_new_run(client, "campaign_retrain", seen, "asset_triggered")
+    assert client.wait_for_run("campaign_retrain", run_id, timeout=1500) == "success"
+    day1 = retrain_day.read_record(store, d1)
+    assert day1 is not None and day1["gate"]["passed"] and day1["promoted"], day1
+    client.run("campaign_score", {"campaign_id": m1["upcoming_campaign_id"], "budget": 400.0}, timeout=1200)
+
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    ml = mlflow.MlflowClient()
+    name = settings.params["train"]["model_name"]
+    versions_before = {v.version for v in ml.search_model_versions(f"name='{name}'")}
+    day1_runs = ml.search_runs([e.experiment_id for e in ml.search_experiments()],
+                               filter_string=f"params.`data.batch` = '{d1}'")
+    assert [r.info.run_id for r in day1_runs] == [day1["run_id"]]
+    day1_artifacts = [f.path for f in ml.list_artifacts(day1["run_id"], "evaluation")]
+
+    synth.generate(settings, date=d2, broken_outcomes=True, progress=False)
+    synth.generate(settings, date=d3, progress=False)
+    client.backfill("campaign_retrain", f"{d1}T00:00:00Z", f"{d3}T23:59:59Z", reprocess_behavior="completed")
+    runs = _wait_backfill(client, "campaign_retrain", 3)
+    assert [r["logical_date"][:10] for r in runs] == [d1, d2, d3]
+    for before, after in zip(runs, runs[1:]):                   # in order, one at a time
+        assert after["start_date"] >= before["end_date"], (before, after)
+    assert all(r["state"] == "success" for r in runs), [(r["logical_date"], r["state"]) for r in runs]
+
+    # Day 1 again: nothing changed.
+    assert retrain_day.read_record(store, d1) == day1
+    again = ml.search_runs([e.experiment_id for e in ml.search_experiments()],
+                           filter_string=f"params.`data.batch` = '{d1}'")
+    assert [r.info.run_id for r in again] == [day1["run_id"]]
+    assert [f.path for f in ml.list_artifacts(day1["run_id"], "evaluation")] == day1_artifacts
+    # Day 2: the broken export is refused by the gate and registers nothing.
+    day2 = retrain_day.read_record(store, d2)
+    assert day2 is not None and not day2["gate"]["passed"] and not day2["promoted"] and day2["version"] is None
+    assert any("auc" in r for r in day2["gate"]["reasons"]), day2["gate"]
+    promote_state = {t["task_id"]: t["state"] for t in client.task_instances("campaign_retrain", runs[1]["dag_run_id"])}
+    assert promote_state["promote"] == "skipped" and promote_state["record"] == "success"
+    # One version per promoted day, none for a refused one.
+    day3 = retrain_day.read_record(store, d3)
+    new_versions = [v for v in ml.search_model_versions(f"name='{name}'") if v.version not in versions_before]
+    promoted = [r for r in (day2, day3) if r["promoted"]]
+    assert sorted(v.version for v in new_versions) == sorted(r["version"] for r in promoted)
+    for v in new_versions:
+        assert v.tags["data.batch"] in {r["batch"] for r in promoted}
+    assert all(v.tags.get("data.batch") != d2 for v in ml.search_model_versions(f"name='{name}'"))
+
+    # Feedback: day 1's campaign outcomes came back with days 2 and 3.
+    campaign = m1["upcoming_campaign_id"]
+    client.wait_for_dag("campaign_feedback", timeout=300)
+    client.unpause("campaign_feedback")
+    fb_run = client.trigger("campaign_feedback", {"campaign_id": campaign})
+    try:
+        state = client.wait_for_run("campaign_feedback", fb_run, timeout=900)
+    except DagRunFailed as exc:            # the visible signal: actual outside the forecast interval
+        assert exc.failed_tasks == ["check_forecast"], str(exc)
+        state = "flagged"
+    latest = store.get_json(f"scores/{campaign}/latest.json")
+    scored = store.get_json(store.key(latest["manifest"]))
+    link = store.get_json(f"scores/{campaign}/{scored['score_run_id']}/feedback.json")
+    assert link
+    keys = store.list_keys(f"feedback/{campaign}/{scored['score_run_id']}/")
+    assert any(k.endswith("report.json") for k in keys) and any(k.endswith("report.html") for k in keys)
+    report = store.get_json(next(k for k in keys if k.endswith("report.json")))
+    outside = report.get("outside_interval") or []
+    assert (state == "flagged") == bool(outside), (state, outside)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from campaignops.models.baselines import NAMES, TLearner, load_all, save_all, sequence_summaries, train_baselines
+from campaignops.models.baselines import (
+    NAMES,
+    TLearner,
+    fit_weighted,
+    load_all,
+    save_all,
+    sequence_summaries,
+    train_baselines,
+)
 
 META = {"seq_len": 6, "vocab": {"categories": ["c0", "c1"], "event_types": ["browse", "buy"]},
         "profile_cols": ["a", "b"]}
@@ -67,3 +75,35 @@ def test_train_save_load_all_baselines(tmp_path):
     assert load_all(tmp_path / "missing", meta) == {}
     with pytest.raises(ValueError):
         train_baselines(["nope"], x, y, y, xv, yv, yv, meta, params)
+
+
+def test_tlearner_fits_with_sample_weights():
+    """Inverse-propensity weights reach both T-learner models (the logreg pipeline's final step):
+    up-weighting the responders raises the predicted response of control and treated rows alike."""
+    x, y = world(1500, 4)
+    w = np.where(y > 0, 4.0, 1.0)
+    plain = TLearner("logreg", seed=0).fit(x, y, META)
+    heavy = TLearner("logreg", seed=0).fit(x, y, META, w / w.mean())
+    control = x["variant"][:, 0] > 0.5
+    for rows in (control, ~control):
+        sub = {k: v[rows] for k, v in x.items()}
+        assert heavy.predict(sub).mean() > plain.predict(sub).mean() + 0.05
+
+
+def test_fit_weighted_passes_weights_to_the_estimator_or_refuses():
+    """A plain estimator (the gbt T-learner's) gets the weights in its own fit: zero weights drop
+    rows exactly; one whose fit takes no sample_weight is refused, also at a pipeline's end."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    xs = np.random.default_rng(0).normal(size=(20, 2))
+    ys = (xs[:, 0] + np.random.default_rng(1).normal(size=20) > 0).astype(int)
+    keep = np.arange(20) < 12
+    weighted = fit_weighted(LogisticRegression(), xs, ys, keep.astype(float))
+    np.testing.assert_allclose(weighted.coef_, LogisticRegression().fit(xs[keep], ys[keep]).coef_, rtol=1e-4)
+    assert fit_weighted(KNeighborsClassifier(3), xs, ys).predict(xs).shape == (20,)   # unweighted: any estimator
+    for est in (KNeighborsClassifier(3), make_pipeline(StandardScaler(), KNeighborsClassifier(3))):
+        with pytest.raises(ValueError, match="takes no sample_weight"):
+            fit_weighted(est, xs, ys, np.ones(20))

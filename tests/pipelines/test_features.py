@@ -7,8 +7,11 @@ from datetime import datetime, timedelta
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+import yaml
 
-from campaignops.pipelines import features, layout, privacy
+from campaignops.config import Settings
+from campaignops.pipelines import features, layout, privacy, profiles, scoring_frames
 from campaignops.validation.contract import CONTROL, SCHEMAS
 
 T0 = datetime(2026, 5, 1)
@@ -64,7 +67,7 @@ def test_features_use_only_events_strictly_before_the_exposure(workspace):
     features.build(workspace)
     without = pq.read_table(workspace.workspace / "data/features/train.parquet").to_pandas()
     seq_cols = ("seq_tokens", "seq_gap", "seq_price")
-    assert set(features.profile_columns([7, 14, 30])) < set(meta["profile_cols"])
+    assert set(profiles.profile_columns([7, 14, 30])) < set(meta["profile_cols"])
     for c in [*seq_cols, *meta["profile_cols"]]:
         a, b = np.stack(with_future[c].to_numpy()) if c in seq_cols else with_future[c].to_numpy(), \
             np.stack(without[c].to_numpy()) if c in seq_cols else without[c].to_numpy()
@@ -151,11 +154,11 @@ def test_scoring_frame_does_not_depend_on_its_chunking(workspace):
     xs = [exposure(1, "u5", "C1-V1", x_ts)]
     write_world(workspace.workspace, evs, xs, users=users)
     meta = features.build(workspace)
-    con = features.connect(workspace.workspace / layout.VALIDATED_DIR)
-    one = features.scoring_frame(con, str(x_ts), meta)
+    con = scoring_frames.connect(workspace.workspace / layout.VALIDATED_DIR)
+    one = scoring_frames.scoring_frame(con, str(x_ts), meta)
     assert one.column("user_id").to_pylist() == sorted(users)
     for chunk_users in (1, 3):
-        assert features.scoring_frame(con, str(x_ts), meta, chunk_users=chunk_users).equals(one), chunk_users
+        assert scoring_frames.scoring_frame(con, str(x_ts), meta, chunk_users=chunk_users).equals(one), chunk_users
     train = pq.read_table(workspace.workspace / "data/features/train.parquet")
     row = one.slice(one.column("user_id").to_pylist().index("u5"), 1)
     for c in ("seq_tokens", "seq_gap", "seq_price", *meta["profile_cols"]):
@@ -196,3 +199,67 @@ def test_every_output_including_truth_does_not_depend_on_the_chunking(workspace,
     for name in a:
         assert a[name].equals(b[name]), name
     assert a["truth.parquet"].num_rows == manifest["truth"]["rows"]
+
+
+def _set_propensity(ws, values) -> None:
+    """Rewrite the validated exposures with a propensity column of `values` (None: without it)."""
+    path = ws / layout.VALIDATED_DIR / "exposures.parquet"
+    table = pq.read_table(path)
+    if "propensity" in table.column_names:
+        table = table.drop_columns(["propensity"])
+    if values is not None:
+        table = table.append_column("propensity", pa.array(values, pa.float64()))
+    pq.write_table(table, path)
+
+
+def test_exposure_rows_carry_the_logged_propensity_and_null_without_it(workspace):
+    """The probability the logging policy gave the row's arm rides along to every split (for the
+    training weights); a batch whose exposures lack the column reads as all-null."""
+    x_ts = T0 + timedelta(days=2)
+    evs = [ev(1, "u1", "browse", "c01", x_ts - timedelta(hours=5)),
+           ev(2, "u2", "cart", "c02", x_ts - timedelta(hours=3))]
+    write_world(workspace.workspace, evs, [exposure(1, "u1", "C1-V1", x_ts), exposure(2, "u2", CONTROL, x_ts)])
+    salt = privacy.id_salt(workspace)
+    fdir = workspace.workspace / layout.FEATURES_DIR
+    for logged, want in (([0.925, None], {"x1": 0.925, "x2": None}), (None, {"x1": None, "x2": None})):
+        _set_propensity(workspace.workspace, logged)
+        meta = features.build(workspace)
+        rows = pa.concat_tables([pq.read_table(fdir / f"{s}.parquet") for s in ("train", "valid", "holdout")])
+        assert rows.schema.field("propensity").type == pa.float64()
+        assert rows.column_names.index("propensity") == rows.column_names.index("revenue") + 1
+        got = dict(zip(rows.column("exposure_id").to_pylist(), rows.column("propensity").to_pylist()))
+        assert got == {privacy.pseudonymize(salt, k, "x"): v for k, v in want.items()}
+        assert meta["exposures"]["with_propensity"] == (1 if logged else 0)
+        assert "propensity" not in meta["profile_cols"]    # logging metadata, not a model input
+
+
+def test_exposure_window_keeps_old_exposures_in_the_history_only(workspace):
+    """features.exposure_window_days: exposures older than now (T0+10d) minus the window are no
+    training rows, meta counts them, and they still count in later rows' campaign history."""
+    c2 = [{"campaign_id": "C2", "variant_id": "C2-V1", "type": "coupon", "discount_rate": 0.1, "channel": "sms",
+           "target_category": "c01", "cost_per_send": 0.1, "start_ts": T0 + timedelta(days=8),
+           "end_ts": T0 + timedelta(days=9)}]
+    evs = [ev(i, u, "browse", "c01", T0 - timedelta(days=1, hours=i)) for i, u in enumerate(("u1", "u2"))]
+    xs = [exposure(1, "u1", "C1-V1", T0 + timedelta(days=1), 1), exposure(2, "u2", CONTROL, T0 + timedelta(days=1)),
+          exposure(3, "u1", "C2-V1", T0 + timedelta(days=8, hours=1), campaign="C2"),
+          exposure(4, "u2", "C2-V1", T0 + timedelta(days=8, hours=2), campaign="C2")]
+    write_world(workspace.workspace, evs, xs, campaigns=c2)
+    params_path = workspace.workspace / "params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params["features"]["exposure_window_days"] = 5
+    params_path.write_text(yaml.safe_dump(params))
+    meta = features.build(Settings(workspace=workspace.workspace, state_dir=workspace.state_dir, env=workspace.env))
+    assert meta["exposures"] == {"window_days": 5, "window_since": str(T0 + timedelta(days=5)), "used": 2,
+                                 "outside_window": 2, "with_propensity": 0}
+    assert sum(meta["rows"].values()) == 2
+    fdir = workspace.workspace / layout.FEATURES_DIR
+    rows = pa.concat_tables([pq.read_table(fdir / f"{s}.parquet") for s in ("train", "valid", "holdout")])
+    salt = privacy.id_salt(workspace)
+    kept = sorted(privacy.pseudonymize(salt, k, "x") for k in ("x3", "x4"))
+    assert sorted(rows.column("exposure_id").to_pylist()) == kept
+    by_id = {r["exposure_id"]: r for r in rows.to_pylist()}
+    assert by_id[privacy.pseudonymize(salt, "x3", "x")]["n_past_exposures"] == np.log(2)   # C1 ended before
+    params["features"]["exposure_window_days"] = 1
+    params_path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ValueError, match="exposure_window_days=1: every one of the 4 exposures"):
+        features.build(Settings(workspace=workspace.workspace, state_dir=workspace.state_dir, env=workspace.env))

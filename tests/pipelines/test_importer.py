@@ -13,7 +13,7 @@ import pytest
 import yaml
 from moto import mock_aws
 
-from campaignops.pipelines import evaluate, features, importer, ingest, layout, validate
+from campaignops.pipelines import evaluate, features, importer, ingest, layout, scoring_frames, validate
 from campaignops.pipelines.storage import ObjectStore
 from campaignops.validation.contract import CONTROL
 
@@ -187,8 +187,8 @@ def features_meta(settings):
 
 def test_scoring_frame_carries_the_attribute_columns(chain):
     settings, manifest, _, _, meta = chain
-    con = features.connect(settings.workspace / layout.VALIDATED_DIR)
-    frame = features.scoring_frame(con, manifest["now"].replace("T", " "), meta)
+    con = scoring_frames.connect(settings.workspace / layout.VALIDATED_DIR)
+    frame = scoring_frames.scoring_frame(con, manifest["now"].replace("T", " "), meta)
     assert frame.num_rows == N and set(meta["profile_cols"]) <= set(frame.column_names)
     history = pd.read_csv(DATA, nrows=N)["history"].to_numpy()
     assert np.allclose(frame.column("attr_history").to_numpy(), history)  # real ids, in users order
@@ -213,8 +213,8 @@ def test_scoring_at_the_campaign_start_sees_the_imported_attributes(chain, tmp_p
     m = importer.load_mapping(MAPPING, COLUMNS)
     no_as_of = _mapping(tmp_path, _set("features.as_of", KeyError))
     assert m["as_of"] == m["window"][0] == importer.load_mapping(no_as_of, COLUMNS)["as_of"]  # default: the same
-    con = features.connect(settings.workspace / layout.VALIDATED_DIR)
-    frame, start = features.campaign_scoring_frame(con, m["campaign_id"], meta)
+    con = scoring_frames.connect(settings.workspace / layout.VALIDATED_DIR)
+    frame, start = scoring_frames.campaign_scoring_frame(con, m["campaign_id"], meta)
     assert pd.Timestamp(start) == m["as_of"] and frame.num_rows == N
     df, got = _imported_attributes(), frame.to_pandas()
     assert got["user_id"].tolist() == [f"r{i:07d}" for i in range(N)]  # real ids, the data rows' order

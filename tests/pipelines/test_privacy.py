@@ -9,7 +9,7 @@ from datetime import timedelta
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from campaignops.pipelines import features, layout, privacy
+from campaignops.pipelines import features, layout, privacy, scoring_frames
 from campaignops.validation.contract import CONTROL
 
 from test_features import T0, ev, exposure, write_world
@@ -76,8 +76,8 @@ def test_scoring_frame_keeps_real_user_ids(workspace, monkeypatch):
     monkeypatch.setenv(privacy.SALT_ENV, "x")
     _world(workspace.workspace)
     meta = features.build(workspace)
-    con = features.connect(workspace.workspace / layout.VALIDATED_DIR)
-    frame = features.scoring_frame(con, str(T0 + timedelta(days=9)), meta)
+    con = scoring_frames.connect(workspace.workspace / layout.VALIDATED_DIR)
+    frame = scoring_frames.scoring_frame(con, str(T0 + timedelta(days=9)), meta)
     assert sorted(frame.column("user_id").to_pylist()) == ["user-alpha", "user-bravo"]
     assert set(meta["profile_cols"]) <= set(frame.column_names)
     assert frame.schema.field("seq_tokens").type == pa.list_(pa.int32(), meta["seq_len"])

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from campaignops.pipelines import features, layout
+from campaignops.pipelines import features, layout, scoring_frames
 from campaignops.pipelines.score_request import check_request
 from campaignops.pipelines.score_engine import ArmScorer, predict_spark, predict_stream
 from campaignops.pipelines.targeting import assign, exploration_draws
@@ -48,8 +48,8 @@ def scoring(tmp_path_factory):
     meta["arm_targets"] = arm_target_vocabulary(pq.read_table(fdir / "arms.parquet"))
     meta["revenue_scale"] = 40.0
     req = check_request(settings, None, None)
-    con = features.connect(settings.workspace / layout.VALIDATED_DIR)
-    frame = features.campaign_scoring_frame(con, req.campaign_id, meta)[0]
+    con = scoring_frames.connect(settings.workspace / layout.VALIDATED_DIR)
+    frame = scoring_frames.campaign_scoring_frame(con, req.campaign_id, meta)[0]
     source = tmp / "features.parquet"
     pq.write_table(frame, source, row_group_size=100)
 

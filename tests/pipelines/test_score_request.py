@@ -13,7 +13,7 @@ from moto import mock_aws
 
 from campaignops.config import Settings
 from campaignops.pipelines import ingest, layout, synth, validate
-from campaignops.pipelines.features import connect
+from campaignops.pipelines.scoring_frames import connect
 from campaignops.pipelines.score_request import RequestError, check_request, parse_budget, validation_state
 from campaignops.pipelines.storage import ObjectStore
 

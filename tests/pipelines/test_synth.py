@@ -13,7 +13,7 @@ import yaml
 from moto import mock_aws
 
 from campaignops.config import Settings
-from campaignops.pipelines import layout, synth
+from campaignops.pipelines import layout, sim_world, synth
 from campaignops.pipelines.storage import ObjectStore
 from campaignops.validation.contract import ALL_TABLES as TABLES  # the synthetic world writes the optional table too
 from campaignops.validation.contract import CHANNELS, CONTROL, EVENT_TYPES, SCHEMAS, TRUTH_SCHEMA
@@ -112,11 +112,11 @@ def test_manifest_is_written_last_and_counts_match_the_parts(world, store, setti
     assert m["truth"]["rows"] == world["truth"].num_rows
     assert m["users"] == USERS == world["tables"]["users"].num_rows
     assert m["seed"] == SEED and m["batch"] == "t1"
-    assert pd.Timestamp(m["now"]) == pd.Timestamp(synth.NOW)
+    assert pd.Timestamp(m["now"]) == pd.Timestamp(sim_world.NOW)
     camps = df(world, "campaigns")
     upcoming = camps[camps.campaign_id == m["upcoming_campaign_id"]]
     assert len(upcoming) == settings.params["data"]["variants_per_campaign"]
-    assert (upcoming.start_ts == pd.Timestamp(synth.NOW)).all()
+    assert (upcoming.start_ts == pd.Timestamp(sim_world.NOW)).all()
     listed = {k for t in TABLES for k in m["tables"][t]["files"]} | set(m["truth"]["files"]) | {key}
     assert set(store.list_keys("raw/t1/")) == listed
 
@@ -168,7 +168,7 @@ def test_crm_attributes_are_optional_and_leave_the_other_tables_alone(settings, 
 
 def test_crm_attributes_one_flag_per_user_from_signup(world):
     users, attrs = df(world, "users"), df(world, "user_attributes")
-    names = {name for name, *_ in synth.CRM_FLAGS}
+    names = {name for name, *_ in sim_world.CRM_FLAGS}
     assert len(attrs) == len(users) * len(names) and set(attrs.name) == names
     assert not attrs.duplicated(["user_id", "name"]).any() and set(attrs.user_id) == set(users.user_id)
     assert set(attrs.value_num) == {0.0, 1.0} and attrs.value_str.isna().all()
@@ -204,7 +204,7 @@ def test_values_keys_and_event_mix(world, settings):
 
 
 def test_times_are_consistent(world):
-    now = pd.Timestamp(synth.NOW)
+    now = pd.Timestamp(sim_world.NOW)
     users, events, exposures, camps = (df(world, t) for t in ("users", "events", "exposures", "campaigns"))
     assert (events.ts < now).all() and (users.signup_ts < now).all()
     ev = events.merge(users[["user_id", "signup_ts"]], on="user_id")
@@ -305,7 +305,7 @@ def test_recent_behaviour_reveals_the_bundle_uplift(world):
         P = t.pivot_table(index=t.exposure_id.fillna(t.user_id), columns="variant_id", values="p_response")
         gain = (P[b.variant_id] - P[CONTROL]).rename("gain")
         if b.campaign_id == world["manifest"]["upcoming_campaign_id"]:
-            pts = pd.DataFrame({"key": gain.index, "user_id": gain.index, "pt": pd.Timestamp(synth.NOW)})
+            pts = pd.DataFrame({"key": gain.index, "user_id": gain.index, "pt": pd.Timestamp(sim_world.NOW)})
         else:
             e = exposures[exposures.campaign_id == b.campaign_id]
             pts = pd.DataFrame({"key": e.exposure_id, "user_id": e.user_id, "pt": e.exposure_ts})

@@ -323,3 +323,30 @@ def test_csv_parts_are_read_with_contract_types_and_bad_ones_named(s3):
     ingest.ingest(settings, store=store)
     with pytest.raises(validate.BatchRejected, match=r"users\.file\.delimiter.*users/part-00000\.csv"):
         validate.run(settings, store=store)
+
+
+def test_propensity_outside_zero_one_is_quarantined_with_its_rule(s3):
+    settings, store = s3
+    settings.params["validate"]["max_quarantine_rate"] = 1.0  # inspect, don't fail
+    world = clean_world()
+    for x in world["exposures"]:
+        x["propensity"] = 0.5
+    world["exposures"][2]["propensity"] = 0.0    # a logged arm its policy could not choose
+    world["exposures"][7]["propensity"] = 1.5
+    world["exposures"][8]["propensity"] = None   # unknown: valid
+    report = run_validate(settings, store, world)
+    assert report["tables"]["exposures"]["rule_counts"] == {"exposures.propensity.range": 2}
+    q = quarantine_rows(store, "exposures")
+    assert sorted((r["exposure_id"], r["_rule"], r["propensity"]) for r in q) == [
+        ("x2", "exposures.propensity.range", 0.0), ("x7", "exposures.propensity.range", 1.5)]
+
+
+def test_exposures_without_the_optional_propensity_column_validate(s3):
+    from campaignops.validation.contract import required_schema
+
+    settings, store = s3
+    world = clean_world()
+    report = run_validate(settings, store, world, schemas={"exposures": required_schema("exposures")})
+    assert report["passed"] and report["tables"]["exposures"]["rows_valid"] == len(world["exposures"])
+    out = pq.read_table(settings.workspace / layout.VALIDATED_DIR / "exposures.parquet")
+    assert out.schema.equals(SCHEMAS["exposures"]) and out.column("propensity").null_count == out.num_rows

@@ -20,7 +20,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from campaignops.pipelines import validate
-from campaignops.validation.contract import CONTROL, SCHEMAS
+from campaignops.validation.contract import CONTROL, OPTIONAL_COLUMNS, SCHEMAS
 
 NOW = datetime(2026, 5, 20)
 T0 = datetime(2026, 5, 1)
@@ -71,6 +71,9 @@ ROW_MUTATIONS = [
     ("exposures", "user_id", "ghost", "exposures.user_id.in_users"),
     ("exposures", "variant_id", "C1-V9", "exposures.variant_id.in_campaigns"),
     ("exposures", "exposure_ts", T0 + timedelta(days=15), "exposures.exposure_ts.in_campaign_window"),
+    ("exposures", "propensity", 0.0, "exposures.propensity.range"),
+    ("exposures", "propensity", 1.5, "exposures.propensity.range"),
+    ("exposures", "propensity", 0.25, None),   # optional column, set: valid
 ]
 CROSS_TABLE = {r.id for t in ("events", "exposures") for r in validate.suites.CROSS_TABLE_RULES[t]}
 FILE_MUTATIONS = ["drop_column", "extra_column", "wrong_type", "reorder", "empty_bytes", "truncated", "garbage",
@@ -139,7 +142,9 @@ def make_batch(rng: random.Random):
         if kind == "drop_column":
             col = rng.choice(schema.names)
             data = to_bytes([{k: v for k, v in r.items() if k != col} for r in rows], schema.remove(schema.get_field_index(col)), "parquet")
-            name, rule = name.rsplit(".", 1)[0] + ".parquet", f"{table}.schema.columns"
+            # a trailing optional column may be omitted: the file stays valid
+            name, rule = name.rsplit(".", 1)[0] + ".parquet", (None if col in OPTIONAL_COLUMNS.get(table, ()) else
+                                                               f"{table}.schema.columns")
         elif kind == "extra_column":
             data = to_bytes([dict(r, junk=1) for r in rows], schema.append(pa.field("junk", pa.int64())), "parquet")
             name, rule = name.rsplit(".", 1)[0] + ".parquet", f"{table}.schema.columns"
@@ -181,7 +186,7 @@ def make_batch(rng: random.Random):
             expect["error"] = (f"{table}.rows.non_empty", table)
             return files, expect
         files[table][p] = (name, data)
-        expect["error"] = (rule, name)
+        expect["error"] = (rule, name) if rule else None
     return files, expect
 
 

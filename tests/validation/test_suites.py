@@ -94,3 +94,42 @@ def test_schema_check_accepts_equivalent_string_and_null_types_only():
         validate.check_schema(t.select(list(reversed(t.column_names))), "users", "s3://b/f")
     with pytest.raises(validate.BatchRejected, match=r"unexpected column\(s\) \['extra'\]"):
         validate.check_schema(t.append_column("extra", pa.array([1])), "users", "s3://b/f")
+
+
+def test_propensity_rule_flags_zero_and_out_of_range_in_gx_and_sql(tmp_path):
+    values = [0.3, None, 1.0, 0.0, 1.5, -0.2, float("nan"), 1e-9]
+    rows = [{"exposure_id": f"x{i}", "user_id": "u1", "campaign_id": "C", "variant_id": "control",
+             "exposure_ts": datetime(2026, 1, 1), "responded": 0, "revenue": 0.0, "propensity": p}
+            for i, p in enumerate(values)]
+    r = raw("exposures", rows)
+    validate.run_gx({"exposures": r}, NOW, "r1", tmp_path)
+    assert {k: v.tolist() for k, v in r.hits.items()} == {"exposures.propensity.range": [3, 4, 5]}  # null/NaN = unknown
+    engine = validate.Engine(NOW)
+    try:
+        validate.cross_check(r, engine.sql_hits(r))
+    finally:
+        engine.close()
+    assert "exposures.propensity.not_null" not in {x.id for x in suites.rules("exposures")}
+
+
+def test_optional_trailing_column_may_be_omitted_from_a_file(tmp_path):
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from campaignops.validation.contract import OPTIONAL_COLUMNS, accepts_columns, required_schema
+
+    assert OPTIONAL_COLUMNS["exposures"] == ("propensity",) and SCHEMAS["exposures"].names[-1] == "propensity"
+    names = SCHEMAS["exposures"].names
+    assert accepts_columns("exposures", names) and accepts_columns("exposures", names[:-1])
+    assert not accepts_columns("exposures", names[:-2]) and not accepts_columns("users", SCHEMAS["users"].names[:-1])
+    t = pa.Table.from_pylist([{"exposure_id": "x1", "user_id": "u1", "campaign_id": "C", "variant_id": "control",
+                               "exposure_ts": datetime(2026, 1, 1), "responded": 1, "revenue": 2.5}],
+                             required_schema("exposures"))
+    for fmt in ("parquet", "csv"):
+        path = tmp_path / f"part.{fmt}"
+        pq.write_table(t, path) if fmt == "parquet" else pacsv.write_csv(t, path)
+        staged, rows = validate.stage_file(path, "exposures", f"s3://b/part.{fmt}", tmp_path)
+        out = pq.read_table(staged)
+        assert rows == 1 and out.schema.equals(SCHEMAS["exposures"]) and out.column("propensity").null_count == 1
+    with pytest.raises(validate.BatchRejected, match=r"exposures.schema.columns.*missing column\(s\) \['revenue'\]"):
+        validate.check_schema(t.drop_columns(["revenue"]), "exposures", "s3://b/f")
