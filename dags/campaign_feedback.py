@@ -14,6 +14,7 @@ nothing. Form: `campaign_id` (empty = every campaign whose latest scores run has
 and no report yet) and `scores_run_id` (empty = the run `latest.json` names). A named campaign
 whose outcomes have not landed fails here with that reason.
 
+Runs daily at 05:00 UTC, after `campaign_retrain` (03:00) validated the day's batch.
 **check_forecast** fails (the visible signal) listing every gated metric whose actual is outside
 the forecast's interval (`params.yaml` `feedback.gate`); the reports are written before it runs.
 Logic lives in `campaignops.pipelines.feedback`; this file only wires it.
@@ -22,11 +23,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
 
 @dag(
-    schedule="@daily",
+    # 05:00 UTC: after campaign_retrain (03:00) has validated the day's batch with the outcomes.
+    schedule=CronTriggerTimetable("0 5 * * *", timezone="UTC"),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -78,7 +78,7 @@ def test_feedback_compares_then_checks_daily_with_a_form(dagbag):
     assert dag.get_task("compare").downstream_task_ids == {"check_forecast"}
     assert {"campaign_id", "scores_run_id"} <= set(dag.params.keys())
     assert dag.params["campaign_id"] is None and dag.params["scores_run_id"] is None
-    assert dag.schedule == "@daily" and not dag.catchup and dag.description and dag.doc_md
+    assert dag.schedule.expression == "0 5 * * *" and not dag.catchup and dag.description and dag.doc_md
     assert dag.owner == "campaignops" and dag.tags >= {"campaignops", "feedback"}
     assert dag.get_task("compare").retries >= 2 and dag.get_task("check_forecast").retries == 0
     assert all(dag.get_task(t).doc_md for t in dag.task_ids)

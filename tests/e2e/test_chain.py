@@ -251,11 +251,15 @@ def test_days_land_retrain_in_order_each_gated_and_feedback_compares_forecast_wi
     apply_env(settings)
     store = ObjectStore(settings)
     client = AirflowClient.from_settings(settings)
-    # A shuffled-outcome model has AUC ~0.5: the gate's floor must sit above that noise here.
+    # A model of shuffled outcomes has holdout AUC 0.5 ± ~0.008 at 20k users, a model of this world
+    # ~0.56: the gate's floor sits between (the module's small world is too noisy to separate them).
     params_path = settings.workspace / "params.yaml"
     params = yaml.safe_load(params_path.read_text())
-    params["evaluate"]["min_auc"] = 0.56
+    params["evaluate"]["min_auc"] = 0.53
+    params["data"]["users"] = 20000
+    params["train"]["epochs"] = 8
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    settings.params["data"]["users"] = 20000              # the simulator runs in this process
 
     start = date.fromisoformat(str(settings.params["data"]["sim"]["start_date"]))
     d1, d2, d3 = (str(start + timedelta(days=k)) for k in range(3))
