@@ -14,6 +14,12 @@ Conventions
   (``sklift.metrics``) exactly, including its tie handling and curve points.
   Where sklift silently returns nan/inf for a degenerate normalisation
   (perfect-curve area equal to the baseline area) we raise ``ValueError``.
+* They also take ``sample_weight`` (sklift 0.5.1's do not): a row of weight w counts
+  as w rows in every count of the curves, of their perfect and random references and
+  of uplift@k's top share (a float k is a share of the total weight), so integer weights
+  give the metric of the data with each row repeated w times.  Evaluation passes
+  inverse-propensity weights so targeted logs are judged as if randomized
+  (models/arms.py).  ``sample_weight=None`` runs the unweighted code unchanged.
 """
 from __future__ import annotations
 
@@ -163,6 +169,18 @@ def ece(y, p, n_bins: int = 10) -> float:
 # --------------------------------------------------------------------------- #
 # single-treatment uplift metrics (scikit-uplift definitions)
 # --------------------------------------------------------------------------- #
+def _weights(sample_weight, n: int) -> np.ndarray | None:
+    """``sample_weight`` as a finite, positive 1-D float64 array of length n (None stays None)."""
+    if sample_weight is None:
+        return None
+    w = _vector(sample_weight, "sample_weight")
+    if w.size != n:
+        raise ValueError(f"sample_weight has {w.size} rows, y {n}")
+    if np.any(w <= 0.0):
+        raise ValueError(f"sample_weight must be positive, got minimum {w.min()!r}")
+    return w
+
+
 def _uplift_inputs(y, uplift, treatment) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     y = _binary(y, "y", both_classes=True)
     t = _binary(treatment, "treatment", both_classes=True)
@@ -171,11 +189,16 @@ def _uplift_inputs(y, uplift, treatment) -> tuple[np.ndarray, np.ndarray, np.nda
     return y, u, t
 
 
-def _cumulative_counts(y, uplift, t):
-    """Cumulative (n_all, n_trmnt, y_trmnt, n_ctrl, y_ctrl) at each distinct-score threshold, best first."""
+def _cumulative_counts(y, uplift, t, w=None):
+    """Cumulative (n_all, n_trmnt, y_trmnt, n_ctrl, y_ctrl) at each distinct-score threshold, best
+    first; with weights `w` the counts are sums of weights."""
     order = np.argsort(uplift, kind="mergesort")[::-1]
     y, u, t = y[order], uplift[order], t[order]
     thresholds = np.r_[np.flatnonzero(np.diff(u)), u.size - 1]
+    if w is not None:
+        w = w[order]
+        return (np.cumsum(w)[thresholds], np.cumsum(w * t)[thresholds], np.cumsum(w * y * t)[thresholds],
+                np.cumsum(w * (1.0 - t))[thresholds], np.cumsum(w * y * (1.0 - t))[thresholds])
     n_trmnt = np.cumsum(t, dtype=np.float64)[thresholds]
     y_trmnt = np.cumsum(y * t, dtype=np.float64)[thresholds]
     y_ctrl = np.cumsum(y * (1.0 - t), dtype=np.float64)[thresholds]
@@ -194,61 +217,71 @@ def _start_at_origin(x: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return x, v
 
 
-def _qini_curve(y, u, t):
-    n_all, n_t, y_t, n_c, y_c = _cumulative_counts(y, u, t)
+def _qini_curve(y, u, t, w=None):
+    n_all, n_t, y_t, n_c, y_c = _cumulative_counts(y, u, t, w)
     return _start_at_origin(n_all, y_t - y_c * _safe_div(n_t, n_c))
 
 
-def _uplift_curve(y, u, t):
-    n_all, n_t, y_t, n_c, y_c = _cumulative_counts(y, u, t)
+def _uplift_curve(y, u, t, w=None):
+    n_all, n_t, y_t, n_c, y_c = _cumulative_counts(y, u, t, w)
     return _start_at_origin(n_all, (_safe_div(y_t, n_t) - _safe_div(y_c, n_c)) * n_all)
 
 
-def qini_curve(y, uplift, treatment) -> tuple[np.ndarray, np.ndarray]:
-    """Qini curve (x = number targeted, Y_t - Y_c * N_t/N_c) at each distinct uplift threshold; as sklift."""
-    return _qini_curve(*_uplift_inputs(y, uplift, treatment))
+def qini_curve(y, uplift, treatment, sample_weight=None) -> tuple[np.ndarray, np.ndarray]:
+    """Qini curve (x = number targeted, Y_t - Y_c * N_t/N_c) at each distinct uplift threshold; as sklift
+    (weighted: x and the counts are sums of ``sample_weight``)."""
+    y, u, t = _uplift_inputs(y, uplift, treatment)
+    return _qini_curve(y, u, t, _weights(sample_weight, y.size))
 
 
-def uplift_curve(y, uplift, treatment) -> tuple[np.ndarray, np.ndarray]:
-    """Uplift curve (x = number targeted, (rate_t - rate_c) * x) at each distinct threshold; as sklift."""
-    return _uplift_curve(*_uplift_inputs(y, uplift, treatment))
+def uplift_curve(y, uplift, treatment, sample_weight=None) -> tuple[np.ndarray, np.ndarray]:
+    """Uplift curve (x = number targeted, (rate_t - rate_c) * x) at each distinct threshold; as sklift
+    (weighted: x, counts and rates are of ``sample_weight``)."""
+    y, u, t = _uplift_inputs(y, uplift, treatment)
+    return _uplift_curve(y, u, t, _weights(sample_weight, y.size))
 
 
-def _perfect_qini(y, t, negative_effect: bool):
+def _perfect_qini(y, t, negative_effect: bool, w=None):
     if negative_effect:
-        return _qini_curve(y, y * t - y * (1.0 - t), t)
-    n_t, n_c = t.sum(), (1.0 - t).sum()
-    ratio_random = float((y * t).sum() - n_t * (y * (1.0 - t)).sum() / n_c)
+        return _qini_curve(y, y * t - y * (1.0 - t), t, w)
+    if w is not None:
+        n_t, n_c = (w * t).sum(), (w * (1.0 - t)).sum()
+        ratio_random = float((w * y * t).sum() - n_t * (w * y * (1.0 - t)).sum() / n_c)
+        n = float(w.sum())
+    else:
+        n_t, n_c = t.sum(), (1.0 - t).sum()
+        ratio_random = float((y * t).sum() - n_t * (y * (1.0 - t)).sum() / n_c)
+        n = float(y.size)
     if ratio_random < 0:
         # sklift's curve would be non-monotone in x (sklearn.metrics.auc raises too)
         raise ValueError(
             "negative_effect=False is undefined when the overall treatment effect is negative "
             f"(random-targeting Qini end point {ratio_random:.6g} < 0)"
         )
-    return np.array([0.0, ratio_random, float(y.size)]), np.array([0.0, ratio_random, ratio_random])
+    return np.array([0.0, ratio_random, n]), np.array([0.0, ratio_random, ratio_random])
 
 
-def _perfect_uplift(y, t):
-    cr_num = np.sum((y == 1) & (t == 0))  # control responders
-    tn_num = np.sum((y == 0) & (t == 1))  # treated non-responders
+def _perfect_uplift(y, t, w=None):
+    cr, tn = (y == 1) & (t == 0), (y == 0) & (t == 1)   # control responders, treated non-responders
+    cr_num, tn_num = (np.sum(cr), np.sum(tn)) if w is None else (np.sum(w[cr]), np.sum(w[tn]))
     summand = y if cr_num > tn_num else t
-    return _uplift_curve(y, 2.0 * (y == t) + summand, t)
+    return _uplift_curve(y, 2.0 * (y == t) + summand, t, w)
 
 
-def perfect_qini_curve(y, treatment, negative_effect: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def perfect_qini_curve(y, treatment, negative_effect: bool = True, sample_weight=None) -> tuple[np.ndarray, np.ndarray]:
     """Qini curve of the best possible ranking (sklift's ``perfect_qini_curve``)."""
     y = _binary(y, "y", both_classes=True)
     t = _binary(treatment, "treatment", both_classes=True)
     _same_length(y=y, treatment=t)
-    return _perfect_qini(y, t, bool(negative_effect))
+    return _perfect_qini(y, t, bool(negative_effect), _weights(sample_weight, y.size))
 
 
-def perfect_uplift_curve(y, treatment) -> tuple[np.ndarray, np.ndarray]:
+def perfect_uplift_curve(y, treatment, sample_weight=None) -> tuple[np.ndarray, np.ndarray]:
     """Uplift curve of the best possible ranking (sklift's ``perfect_uplift_curve``)."""
     y = _binary(y, "y", both_classes=True)
     t = _binary(treatment, "treatment", both_classes=True)
     _same_length(y=y, treatment=t)
-    return _perfect_uplift(y, t)
+    return _perfect_uplift(y, t, _weights(sample_weight, y.size))
 
 
 def _normalised_area(actual, perfect) -> float:
@@ -261,23 +294,28 @@ def _normalised_area(actual, perfect) -> float:
     return (_trapezoid(x_a, v_a) - baseline) / perfect_area
 
 
-def qini_auc_score(y, uplift, treatment, negative_effect: bool = True) -> float:
+def qini_auc_score(y, uplift, treatment, negative_effect: bool = True, sample_weight=None) -> float:
     """Qini coefficient: (model area - random area) / (perfect area - random area), as sklift."""
     if not isinstance(negative_effect, (bool, np.bool_)):
         raise TypeError(f"negative_effect must be bool, got {type(negative_effect)}")
     y, u, t = _uplift_inputs(y, uplift, treatment)
-    return _normalised_area(_qini_curve(y, u, t), _perfect_qini(y, t, bool(negative_effect)))
+    w = _weights(sample_weight, y.size)
+    return _normalised_area(_qini_curve(y, u, t, w), _perfect_qini(y, t, bool(negative_effect), w))
 
 
-def uplift_auc_score(y, uplift, treatment) -> float:
+def uplift_auc_score(y, uplift, treatment, sample_weight=None) -> float:
     """Normalised AUUC: (model area - random area) / (perfect area - random area) of the uplift curve, as sklift."""
     y, u, t = _uplift_inputs(y, uplift, treatment)
-    return _normalised_area(_uplift_curve(y, u, t), _perfect_uplift(y, t))
+    w = _weights(sample_weight, y.size)
+    return _normalised_area(_uplift_curve(y, u, t, w), _perfect_uplift(y, t, w))
 
 
-def uplift_at_k(y, uplift, treatment, k: float | int = 0.3, strategy: str = "overall") -> float:
-    """Response rate treated minus control among the top-k by uplift (sklift semantics; nan if a group is empty)."""
+def uplift_at_k(y, uplift, treatment, k: float | int = 0.3, strategy: str = "overall", sample_weight=None) -> float:
+    """Response rate treated minus control among the top-k by uplift (sklift semantics; nan if a group is empty).
+    Weighted: rates are weighted means and a float k takes the best rows up to that share of the
+    total weight (of each group's, by_group); an int k still counts rows."""
     y, u, t = _uplift_inputs(y, uplift, treatment)
+    w = _weights(sample_weight, y.size)
     if strategy not in ("overall", "by_group"):
         raise ValueError(f"strategy must be 'overall' or 'by_group', got {strategy!r}")
     n = y.size
@@ -291,23 +329,33 @@ def uplift_at_k(y, uplift, treatment, k: float | int = 0.3, strategy: str = "ove
         )
     order = np.argsort(u, kind="mergesort")[::-1]
     ys, ts = y[order], t[order]
+    ws = np.ones(n) if w is None else w[order]
 
-    def _mean(a: np.ndarray) -> float:
-        return float(a.mean()) if a.size else float("nan")
+    def _mean(a: np.ndarray, wa: np.ndarray) -> float:
+        if not a.size:
+            return float("nan")
+        return float(a.mean()) if w is None else float(np.dot(a, wa) / wa.sum())
+
+    def _top(wa: np.ndarray) -> int:   # rows within share k of the weight `wa` (best first)
+        return int(np.searchsorted(np.cumsum(wa), k * wa.sum(), side="right"))
 
     if strategy == "overall":
-        size = int(n * k) if kind == "f" else int(k)
-        top_y, top_t = ys[:size], ts[:size]
-        return _mean(top_y[top_t == 1]) - _mean(top_y[top_t == 0])
+        size = int(k) if kind != "f" else int(n * k) if w is None else _top(ws)
+        top_y, top_t, top_w = ys[:size], ts[:size], ws[:size]
+        return _mean(top_y[top_t == 1], top_w[top_t == 1]) - _mean(top_y[top_t == 0], top_w[top_t == 0])
     n_ctrl_total, n_trmnt_total = int((t == 0).sum()), int((t == 1).sum())
-    if kind == "f":
+    if kind != "f":
+        n_ctrl = n_trmnt = int(k)
+    elif w is None:
         n_ctrl, n_trmnt = int(n_ctrl_total * k), int(n_trmnt_total * k)
     else:
-        n_ctrl = n_trmnt = int(k)
+        n_ctrl, n_trmnt = _top(ws[ts == 0]), _top(ws[ts == 1])
     if n_ctrl > n_ctrl_total or n_trmnt > n_trmnt_total:
         raise ValueError(f"k={k} exceeds the size of the control ({n_ctrl_total}) "
                          f"or treatment ({n_trmnt_total}) group")
-    return _mean(ys[ts == 1][:n_trmnt]) - _mean(ys[ts == 0][:n_ctrl])
+    treated, control = ts == 1, ts == 0
+    return (_mean(ys[treated][:n_trmnt], ws[treated][:n_trmnt])
+            - _mean(ys[control][:n_ctrl], ws[control][:n_ctrl]))
 
 
 # --------------------------------------------------------------------------- #

@@ -1,6 +1,13 @@
 """Evaluates the candidate model and the current champion on the same holdout (response AUC,
 log loss, per-variant Qini, policy value by IPS and, on synthetic data, against the oracle)
-and decides whether the candidate may be promoted."""
+and decides whether the candidate may be promoted.
+
+The holdout is the latest exposures, which the platform's own targeting chose: IPS divides by
+each exposure's logged propensity and the Qini / uplift metrics weight rows by arm share over
+propensity (models/arms.py), so the users a model sent are not compared with the users it chose
+not to send. Exposures without a propensity (legacy randomized or imported logs) fall back to
+their arm's share of the campaign, which gives exactly the randomized-log metrics. The weights
+are not clipped: a clip would bias the estimate, and SNIPS already bounds each row's influence."""
 from __future__ import annotations
 
 import json
@@ -13,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from campaignops.config import Settings
-from campaignops.models.arms import arm_matrix, logged_view, mean_qini, random_qini_sd
+from campaignops.models.arms import arm_matrix, logged_view, logging_propensity, mean_qini, random_qini_sd
 from campaignops.pipelines import layout
 from campaignops.pipelines.storage import write_json
 from campaignops.validation.contract import CONTROL
@@ -48,7 +55,7 @@ class PolicyChoice(NamedTuple):
     chosen_ids: np.ndarray   # its arm id
     logged: np.ndarray       # the arm each exposure was logged at
     y: np.ndarray            # its outcome
-    propensity: np.ndarray   # share of its campaign's exposures logged at that arm (randomized logs)
+    propensity: np.ndarray   # P(logged arm | user): the logged propensity, else the arm's share of its campaign
     value_true: np.ndarray | None   # true response probability of the chosen arm (synthetic worlds)
     T: np.ndarray | None     # true response of every slot (synthetic worlds)
 
@@ -57,8 +64,7 @@ def policy_choice(expanded: pd.DataFrame, p: np.ndarray, truth: pd.DataFrame | N
     arms, P, exposures, arm_ids, logged_slot = logged_view(expanded, p)
     rows = np.arange(len(exposures))
     chosen = np.nanargmax(P, axis=1)
-    propensity = (exposures.groupby(["campaign_id", "variant_id"])["responded"].transform("size")
-                  / exposures.groupby("campaign_id")["responded"].transform("size")).to_numpy()
+    propensity = logging_propensity(exposures)[0]
     T = arm_matrix(expanded, true_response(expanded, truth))[1] if truth is not None else None
     return PolicyChoice(arms, P, logged_slot, chosen, arm_ids[rows, chosen], exposures["variant_id"].to_numpy(),
                         exposures["responded"].to_numpy().astype(float), propensity,
@@ -79,10 +85,11 @@ def holdout_metrics(expanded: pd.DataFrame, p: np.ndarray, truth: pd.DataFrame |
     out = {"holdout_rows": int(len(y)), "auc": m.auc(y, p_logged), "logloss": m.log_loss(y, p_logged),
            "ece": m.ece(y, p_logged)}
 
-    # Qini per (campaign, treatment arm) against that campaign's control, then the mean.
+    # Qini per (campaign, treatment arm) against that campaign's control, then the mean
+    # (rows weighted by arm share / propensity on targeted logs).
     out["qini"] = mean_qini(expanded, p, wide=(c.arms, c.P))
 
-    # Policy: best arm by predicted response (control = no send).
+    # Policy: best arm by predicted response (control = no send); SNIPS with the logged propensities.
     out["policy_value_ips"] = m.snips_policy_value(c.chosen_ids, c.logged, y, c.propensity)
     out["control_value_ips"] = m.snips_policy_value(np.full(len(y), CONTROL, dtype=object), c.logged, y,
                                                     c.propensity)
@@ -101,8 +108,8 @@ def holdout_metrics(expanded: pd.DataFrame, p: np.ndarray, truth: pd.DataFrame |
 def policy_lead(a: PolicyChoice, b: PolicyChoice, draws: int = 200, seed: int = 0) -> dict:
     """How far policy A (`policy_choice`) is ahead of policy B on the same holdout, and the
     bootstrap sd of that lead over the holdout's exposures (paired: both policies on each
-    resample). The value is the true policy value on synthetic worlds, else SNIPS on the
-    randomized logs."""
+    resample). The value is the true policy value on synthetic worlds, else SNIPS on the logs
+    (with their propensities)."""
     n = len(a.y)
     truth = a.value_true is not None and b.value_true is not None
     if truth:
@@ -136,7 +143,8 @@ def load_holdout(settings: Settings) -> tuple[pa.Table, pd.DataFrame, pd.DataFra
 
     fdir = settings.workspace / layout.FEATURES_DIR
     expanded = load_split(settings, "holdout", every_arm=True)
-    frame = expanded.select(["exposure_id", "campaign_id", "variant_id", "arm_id", "responded"]).to_pandas()
+    cols = ["exposure_id", "campaign_id", "variant_id", "arm_id", "responded"]
+    frame = expanded.select(cols + ["propensity"] * ("propensity" in expanded.column_names)).to_pandas()
     truth = pq.read_table(fdir / "truth.parquet").to_pandas() if (fdir / "truth.parquet").exists() else None
     return expanded, attach_truth(frame, truth), truth
 
@@ -315,10 +323,13 @@ def reference_uplift(settings: Settings, meta: dict, expanded: pa.Table, frame: 
     uplift@k of the candidate (p(arm) - p(control)) and of scikit-uplift reference models
     (params evaluate.reference_uplift_models) fitted on the train split's rows of that arm and
     control, with the user features the T-learner baselines use (profile + sequence summaries
-    of models/inputs.encode). Arms absent from the train split (a new campaign) are skipped."""
+    of models/inputs.encode). Arms absent from the train split (a new campaign) are skipped.
+    The holdout metrics weight rows as `holdout_metrics`' Qini does (models.arms.balancing_weight);
+    the reference models are fitted unweighted."""
     import warnings
 
     from campaignops.models import metrics as m
+    from campaignops.models.arms import balancing_weight
     from campaignops.models.baselines import tabular
     from campaignops.models.inputs import encode
     from campaignops.pipelines.train import load_split
@@ -332,6 +343,7 @@ def reference_uplift(settings: Settings, meta: dict, expanded: pa.Table, frame: 
         return out
     logged = (frame["arm_id"] == frame["variant_id"]).to_numpy()  # one row per exposure: its logged arm
     hold = frame[logged].reset_index(drop=True)
+    weight = balancing_weight(hold)
     seen = pq.read_table(settings.workspace / layout.FEATURES_DIR / "train.parquet", columns=["campaign_id"])
     if not set(hold["campaign_id"]) & set(seen.column("campaign_id").to_pylist()):
         out["skipped"] = {f"{c}/{v}": "campaign not in the train split (a later campaign)" for c, v in
@@ -350,6 +362,7 @@ def reference_uplift(settings: Settings, meta: dict, expanded: pa.Table, frame: 
         ho = ((hold["campaign_id"] == cid) & hold["variant_id"].isin([variant, CONTROL])).to_numpy()
         t_tr, t_ho = (t_var[tr] == variant).astype(int), (hold["variant_id"][ho] == variant).to_numpy().astype(int)
         y_ho = hold["responded"][ho].to_numpy().astype(int)
+        w_ho = None if (weight[ho] == 1.0).all() else weight[ho]
         if len(set(t_tr)) < 2 or len(set(y_train[tr])) < 2 or len(set(t_ho)) < 2:
             out["skipped"][arm] = "the train split lacks this arm or its control (or one outcome class)"
             continue
@@ -363,8 +376,10 @@ def reference_uplift(settings: Settings, meta: dict, expanded: pa.Table, frame: 
                 uplifts[name] = np.asarray(model.predict(x_hold[ho]), dtype=np.float64).ravel()
         res = {"rows": {"train": int(tr.sum()), "holdout": int(ho.sum()), "holdout_treated": int(t_ho.sum())}}
         for name, u in uplifts.items():
-            res[name] = {"qini": m.qini_auc_score(y_ho, u, t_ho), "auuc": m.uplift_auc_score(y_ho, u, t_ho),
-                         f"uplift_at_{round(k * 100)}": m.uplift_at_k(y_ho, u, t_ho, k=k, strategy="overall")}
+            res[name] = {"qini": m.qini_auc_score(y_ho, u, t_ho, sample_weight=w_ho),
+                         "auuc": m.uplift_auc_score(y_ho, u, t_ho, sample_weight=w_ho),
+                         f"uplift_at_{round(k * 100)}": m.uplift_at_k(y_ho, u, t_ho, k=k, strategy="overall",
+                                                                     sample_weight=w_ho)}
         out["arms"][arm] = res
     return out
 

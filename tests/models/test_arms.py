@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from campaignops.models.arms import arm_matrix, arm_qinis, mean_qini, random_qini_sd
+from campaignops.models.arms import (arm_groups, arm_matrix, arm_qinis, balancing_weight, logging_propensity,
+                                     mean_qini, random_qini_sd)
 from campaignops.models.metrics import qini_auc_score
 from campaignops.validation.contract import CONTROL
 
@@ -75,3 +76,49 @@ def test_random_qini_sd_is_the_spread_of_random_rankings_and_a_real_signal_stand
     assert mean_qini(small, p_small) > 5 * sd_small
     assert random_qini_sd(small, draws=100, seed=0) == random_qini_sd(small, draws=100, seed=0)
     assert np.isnan(random_qini_sd(small, draws=0))
+
+
+def _logged(frame):
+    return frame.drop_duplicates("exposure_id").reset_index(drop=True)
+
+
+def test_a_randomized_log_weighs_one_whether_or_not_it_logged_its_propensities(arm_frame):
+    f = arm_frame(300, seed=5)
+    p = np.random.default_rng(6).random(len(f))
+    share = logging_propensity(_logged(f))[1]
+    shares = dict(zip(_logged(f)["exposure_id"], share))
+    with_p = f.assign(propensity=f["exposure_id"].map(shares))
+    assert all(g.weight is None for g in arm_groups(with_p, p))
+    assert arm_qinis(with_p, p) == arm_qinis(f, p)          # bit-identical to the legacy metrics
+
+
+def test_targeted_exposures_are_weighted_by_arm_share_over_their_propensity(arm_frame):
+    """Exposures at arm a logged with half their arm's share stand for two exposures each: the
+    weighted Qini is the Qini of the data with those rows repeated. Unknown propensities fall
+    back to the share (weight 1); an impossible propensity is an error naming the exposure."""
+    f = arm_frame(300, seed=7)
+    p = np.random.default_rng(8).random(len(f))
+    ex = _logged(f)
+    share = logging_propensity(ex)[1]
+    prop = share.copy()
+    at_a = (ex["variant_id"] == "a").to_numpy()
+    half = at_a & (np.arange(len(ex)) % 2 == 0)
+    prop[half] = share[half] / 2
+    prop[~at_a & (np.arange(len(ex)) % 3 == 0)] = np.nan      # unknown: falls back to the share
+    g = f.assign(propensity=f["exposure_id"].map(dict(zip(ex["exposure_id"], prop))))
+    w = balancing_weight(_logged(g))
+    np.testing.assert_allclose(w, np.where(half, 2.0, 1.0))
+    got = arm_qinis(g, p)[("C", "a")]
+    wide = f.assign(p=p).pivot(index="exposure_id", columns="arm_id", values="p").loc[ex["exposure_id"]]
+    rows = ex["variant_id"].isin(["a", CONTROL]).to_numpy()
+    reps = np.where(half, 2, 1)[rows]
+    expect = qini_auc_score(np.repeat(ex["responded"].to_numpy()[rows], reps),
+                            np.repeat((wide["a"] - wide[CONTROL]).to_numpy()[rows], reps),
+                            np.repeat((ex["variant_id"] == "a").to_numpy()[rows].astype(int), reps))
+    assert got == pytest.approx(expect, abs=1e-12)
+    assert got != pytest.approx(arm_qinis(f, p)[("C", "a")], abs=1e-9)
+    assert arm_qinis(g, p)[("C", "b")] == arm_qinis(f, p)[("C", "b")]   # arm b's rows all weigh 1
+
+    bad = f.assign(propensity=np.where(f["exposure_id"] == ex["exposure_id"][0], 1.5, 0.3))
+    with pytest.raises(ValueError, match=str(ex["exposure_id"][0])):
+        arm_qinis(bad, p)

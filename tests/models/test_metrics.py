@@ -262,6 +262,52 @@ def test_uplift_at_k_empty_group_is_nan_like_sklift():
     assert M.uplift_at_k(y, u, t, k=4) == pytest.approx(2 / 3 - 0.0, abs=TOL)
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("ties", [False, True])
+def test_weighted_uplift_metrics_equal_the_metrics_of_repeated_rows(seed, ties):
+    """Integer weights w: the metrics of the data with each row repeated w times (what an
+    inverse-propensity weight stands for); all-ones weights give the unweighted metrics."""
+    y, u, t = uplift_data(seed, ties=ties)
+    w = np.random.default_rng(seed + 100).integers(1, 4, y.size)
+    ry, ru, rt = (np.repeat(a, w) for a in (y, u, t))
+    assert M.qini_auc_score(y, u, t, sample_weight=w) == pytest.approx(M.qini_auc_score(ry, ru, rt), abs=TOL)
+    try:
+        ref = M.qini_auc_score(ry, ru, rt, negative_effect=False)
+    except ValueError:                     # overall effect negative: undefined, weighted or not
+        with pytest.raises(ValueError, match="negative"):
+            M.qini_auc_score(y, u, t, negative_effect=False, sample_weight=w)
+    else:
+        assert M.qini_auc_score(y, u, t, negative_effect=False, sample_weight=w) == pytest.approx(ref, abs=TOL)
+    assert M.uplift_auc_score(y, u, t, sample_weight=w) == pytest.approx(M.uplift_auc_score(ry, ru, rt), abs=TOL)
+    for ours, ref in [(M.qini_curve, M.qini_curve), (M.uplift_curve, M.uplift_curve)]:
+        x, v = ours(y, u, t, sample_weight=w)
+        rx, rv = ref(ry, ru, rt)
+        np.testing.assert_allclose(x, rx)
+        np.testing.assert_allclose(v, rv, atol=TOL)
+    # the weights matter: these are not the unweighted figures
+    assert M.qini_auc_score(y, u, t, sample_weight=w) != pytest.approx(M.qini_auc_score(y, u, t), abs=1e-6)
+    ones = np.ones(y.size)
+    assert M.qini_auc_score(y, u, t, sample_weight=ones) == pytest.approx(M.qini_auc_score(y, u, t), abs=TOL)
+    assert M.uplift_auc_score(y, u, t, sample_weight=ones) == pytest.approx(M.uplift_auc_score(y, u, t), abs=TOL)
+    for strategy in ("overall", "by_group"):
+        for k in (0.1, 0.3, 0.77):
+            a, b = M.uplift_at_k(y, u, t, k=k, strategy=strategy, sample_weight=ones), \
+                M.uplift_at_k(y, u, t, k=k, strategy=strategy)
+            assert (np.isnan(a) and np.isnan(b)) or a == pytest.approx(b, abs=TOL)
+    # constant weight 2, a share that ends on a row boundary: the top rows of the repeated data
+    two = np.full(y.size, 2.0)
+    assert M.uplift_at_k(y, u, t, k=0.25, sample_weight=two) == pytest.approx(
+        M.uplift_at_k(np.repeat(y, 2), np.repeat(u, 2), np.repeat(t, 2), k=0.25), abs=TOL)
+
+
+def test_weights_must_be_positive_and_aligned():
+    y, u, t = uplift_data(0)
+    with pytest.raises(ValueError, match="rows"):
+        M.qini_auc_score(y, u, t, sample_weight=np.ones(y.size - 1))
+    with pytest.raises(ValueError, match="positive"):
+        M.uplift_auc_score(y, u, t, sample_weight=np.r_[0.0, np.ones(y.size - 1)])
+
+
 def test_uplift_metrics_bad_input():
     y, u, t = uplift_data(0, n=50)
     with pytest.raises(ValueError, match="single class"):
