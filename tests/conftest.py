@@ -12,6 +12,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
+def store(workspace):
+    """An ObjectStore on an in-process S3 (moto) with the workspace's bucket."""
+    import boto3
+    from moto import mock_aws
+
+    from campaignops.pipelines.storage import ObjectStore
+
+    with mock_aws():
+        s = ObjectStore(workspace, client=boto3.client("s3", region_name="us-east-1"))
+        s.ensure_bucket()
+        yield s
+
+
+@pytest.fixture
 def workspace(tmp_path: Path) -> Settings:
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     return Settings(workspace=tmp_path, state_dir=tmp_path / ".state",

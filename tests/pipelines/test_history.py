@@ -2,20 +2,9 @@
 links already in S3."""
 from __future__ import annotations
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from campaignops.pipelines import history, layout, retrain_day
-from campaignops.pipelines.storage import ObjectStore
-
-
-@pytest.fixture
-def store(workspace):
-    with mock_aws():
-        s = ObjectStore(workspace, client=boto3.client("s3", region_name="us-east-1"))
-        s.ensure_bucket()
-        yield s
 
 
 def _scored(store, campaign: str, run: str, day: str, forecast: float) -> dict:

@@ -3,21 +3,10 @@ from __future__ import annotations
 
 import json
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from campaignops.pipelines import ingest, layout
-from campaignops.pipelines.storage import ObjectStore
 from campaignops.validation.contract import TABLES
-
-
-@pytest.fixture
-def store(workspace):
-    with mock_aws():
-        s = ObjectStore(workspace, client=boto3.client("s3", region_name="us-east-1"))
-        s.ensure_bucket()
-        yield s
 
 
 def land(store, batch="b1", with_manifest=True, skip_file=None):

@@ -5,21 +5,10 @@ from __future__ import annotations
 from datetime import date, datetime, timezone
 from types import SimpleNamespace
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from campaignops.pipelines import layout, retrain_day
 from campaignops.pipelines.ingest import BatchNotReady
-from campaignops.pipelines.storage import ObjectStore
-
-
-@pytest.fixture
-def store(workspace):
-    with mock_aws():
-        s = ObjectStore(workspace, client=boto3.client("s3", region_name="us-east-1"))
-        s.ensure_bucket()
-        yield s
 
 
 def test_the_batch_is_the_param_then_the_asset_event_then_the_logical_date():

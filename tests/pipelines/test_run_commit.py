@@ -15,7 +15,6 @@ import boto3
 import pyarrow as pa
 import pytest
 from botocore.exceptions import ClientError
-from moto import mock_aws
 
 from campaignops.config import Settings
 from campaignops.pipelines import failpoints, run_commit
@@ -30,14 +29,6 @@ def _table(seed: int, n: int = 50) -> pa.Table:
     return pa.table({"user_id": [f"u{seed}-{i}" for i in range(n)],
                      "p": [((i * 7919 + seed) % 1000) / 1000 for i in range(n)],
                      "variant_id": [None if i % 3 == 0 else f"v{i % 2}" for i in range(n)]})
-
-
-@pytest.fixture
-def store(workspace):
-    with mock_aws():
-        s = ObjectStore(workspace, client=boto3.client("s3", region_name="us-east-1"))
-        s.client.create_bucket(Bucket=workspace.bucket)
-        yield s
 
 
 def _keys(store, prefix="scores/"):
