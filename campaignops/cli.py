@@ -82,15 +82,40 @@ def data_generate(users: Optional[int] = typer.Option(None, help="number of user
 
 @data_app.command("import")
 def data_import(datafile: str = typer.Argument(..., help="the campaign log: CSV or parquet"),
-                mapping: str = typer.Option(..., "--mapping", help="mapping YAML (e.g. validation/mappings/hillstrom.yaml)"),
+                mapping: Optional[str] = typer.Option(
+                    None, "--mapping", help="mapping YAML (e.g. validation/mappings/hillstrom.yaml); with --init: "
+                                            "where to write the starter (default: <stem>.mapping.yaml here)"),
+                init: bool = typer.Option(False, "--init", help="write a starter mapping guessed from the log's "
+                                                                "columns (each guess commented) and stop; never "
+                                                                "overwrites a file"),
                 batch: Optional[str] = typer.Option(None, help="batch id (default: the mapping's batch)"),
                 response: Optional[str] = typer.Option(None, help="response column (default: the mapping's)"),
+                holdout_fraction: Optional[float] = typer.Option(
+                    None, help="hold out this share of the users (e.g. 0.2), chosen by a seeded hash of the id"),
                 holdout_fold: Optional[str] = typer.Option(
-                    None, help="F/K: spread exposure times so fold F of K users is the holdout (cross-fitting; "
-                               "set features.split train+valid to the printed time_quantile)")) -> None:
-    """Map a randomized campaign log into a raw batch raw/<batch>/ as the mapping declares."""
-    from campaignops.pipelines import importer
+                    None, help="F/K: hold out fold F of K equal folds of users (cross-fitting: K imports)"),
+                holdout_column: Optional[str] = typer.Option(
+                    None, help="COL or COL=VALUE: hold out the rows this column marks (COL alone: the values "
+                               "holdout, test, true, 1, yes)")) -> None:
+    """Map a randomized campaign log into a raw batch raw/<batch>/ as the mapping declares (--init:
+    write a starter mapping first). Without a holdout option the holdout is params features.split's."""
+    from rich.markup import escape
 
+    from campaignops.pipelines import import_starter, importer
+
+    if init:
+        try:
+            path, guesses = import_starter.write_starter(datafile, mapping)
+        except import_starter.StarterError as exc:
+            console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(2)
+        _print(guesses)
+        console.print(escape(f"wrote {path}: check the lines marked CHECK, then "
+                             f"`campaignops data import --mapping {path} {datafile}`"), highlight=False, soft_wrap=True)
+        return
+    if mapping is None:
+        console.print("[red]error:[/] give --mapping FILE.yaml (or --init to write a starter mapping from the log)")
+        raise typer.Exit(2)
     fold = None
     if holdout_fold is not None:
         try:
@@ -101,15 +126,24 @@ def data_import(datafile: str = typer.Argument(..., help="the campaign log: CSV 
         fold = (f, k)
     try:
         manifest = importer.import_file(load_settings(), mapping, datafile, batch=batch, response=response,
-                                        holdout_fold=fold)
+                                        holdout_fold=fold, holdout_fraction=holdout_fraction,
+                                        holdout_column=holdout_column)
     except importer.MappingError as exc:
-        console.print(f"[red]mapping error:[/] {exc}")
+        n = len(exc.problems)
+        console.print(f"[red]mapping error{'s' if n > 1 else ''} ({n}):[/]\n{escape(str(exc))}", highlight=False,
+                      soft_wrap=True)   # one line per problem
         raise typer.Exit(2)
-    except ValueError as exc:  # e.g. --holdout-fold out of range (importer.import_file checks it)
-        console.print(f"[red]error:[/] {exc}")
+    except ValueError as exc:  # e.g. a holdout option out of range (importer.import_file checks them)
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2)
+    result = manifest["import"]
     _print({"batch": manifest["batch"], "tables": {t: v["rows"] for t, v in manifest["tables"].items()},
-            "import": manifest["import"]})
+            "import": result})
+    h = result["holdout"]
+    console.print(escape(f"holdout: {h.get('rows', '?')} rows ({h.get('share', 0):.1%}) by {h['how']}"),
+                  highlight=False, soft_wrap=True)
+    for w in result["warnings"]:
+        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -257,6 +291,22 @@ def feedback(campaign_id: str = typer.Option(..., help="campaign whose outcomes 
         for line in step.flag_lines(report):
             console.print(f"[bold red]outside the forecast:[/] {line}", soft_wrap=True)
         raise typer.Exit(3)
+
+
+@app.command()
+def adjust(campaign_id: Optional[str] = typer.Option(None, help="running campaign (default: every one due on the date)"),
+           date: Optional[str] = typer.Option(None, help="ISO date the allocation is for (default: the ingested "
+                                                         "batch's date)")) -> None:
+    """Reallocate a running campaign's remaining sends from its landed outcomes (a new allocation version in S3
+    allocations/<campaign>/); on its start day, write the plan that sends it in daily waves. Exit 2 when refused."""
+    from campaignops.pipelines import adjust as step
+
+    try:
+        results = step.run_due(load_settings(), campaign_id, date)
+    except step.AdjustError as exc:
+        console.print(f"[red]adjust refused:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(2)
+    _print(results)
 
 
 if __name__ == "__main__":

@@ -83,12 +83,15 @@ def _fit_base(con: duckdb.DuckDBPyConnection, p: dict) -> dict:
             "interest_half_life_days": float(p.get("interest_half_life_days", 14))}
 
 
-def _exposure_points(con: duckdb.DuckDBPyConnection, p: dict, now_ts: str) -> dict:
+def _exposure_points(con: duckdb.DuckDBPyConnection, p: dict, now_ts: str, holdout_after: str | None = None) -> dict:
     """TEMP TABLE xpts: every exposure with its pseudonyms, chunk, logged propensity (null when
     the batch's exposures do not carry the column) and time split. Exposures older than `now`
     minus features.exposure_window_days have split NULL: they stay in every user's campaign
-    history but are no training row, and the split quantiles are taken over the rest. Returns
-    meta.json's `exposures` report (window, rows used and left out, rows with a propensity)."""
+    history but are no training row, and the split quantiles are taken over the rest.
+    `holdout_after` (an imported log's holdout chosen at import, pipelines/import_holdout.py): the
+    holdout is the exposures after it, train : valid before it as features.split's. Returns
+    meta.json's `exposures` report (window, rows used and left out, rows with a propensity, the
+    import's cut when there is one)."""
     days = p.get("exposure_window_days")
     since = None if days is None else \
         con.execute(f"SELECT TIMESTAMP '{now_ts}' - INTERVAL {int(days)} DAY").fetchone()[0].isoformat(sep=" ")
@@ -96,9 +99,14 @@ def _exposure_points(con: duckdb.DuckDBPyConnection, p: dict, now_ts: str) -> di
     x_used = "true" if since is None else f"x.{used}"
     has_propensity = "propensity" in {r[0] for r in con.execute("DESCRIBE exposures").fetchall()}
     q_train, q_valid = p["split"]["train"], p["split"]["train"] + p["split"]["valid"]
+    cut = f"""SELECT quantile_disc(exposure_ts, {q_train}) AS t1, quantile_disc(exposure_ts, {q_valid}) AS t2
+              FROM exposures WHERE {used}"""
+    if holdout_after is not None:
+        t2 = f"TIMESTAMP '{holdout_after.replace('T', ' ')}'"
+        cut = f"""SELECT quantile_disc(exposure_ts, {q_train / q_valid}) AS t1, {t2} AS t2
+                  FROM exposures WHERE {used} AND exposure_ts <= {t2}"""
     con.execute(f"""CREATE TEMP TABLE xpts AS
-      WITH cut AS (SELECT quantile_disc(exposure_ts, {q_train}) AS t1,
-                          quantile_disc(exposure_ts, {q_valid}) AS t2 FROM exposures WHERE {used})
+      WITH cut AS ({cut})
       SELECT row_number() OVER () AS point_id, x.exposure_id AS xid, x.user_id, x.exposure_ts AS ts, i.b,
              {privacy.pseudonym_sql('x.exposure_id', 'x')} AS exposure_id, i.ukey AS user_key,
              x.campaign_id, x.variant_id, x.exposure_ts, x.responded, x.revenue,
@@ -111,8 +119,11 @@ def _exposure_points(con: duckdb.DuckDBPyConnection, p: dict, now_ts: str) -> di
     if total and dropped == total:
         raise ValueError(f"params features.exposure_window_days={days}: every one of the {total} exposures is older "
                          f"than {since} (now {now_ts}); widen the window or set it to null (all exposures)")
-    return {"window_days": days, "window_since": since, "used": total - dropped, "outside_window": dropped,
-            "with_propensity": known}
+    report = {"window_days": days, "window_since": since, "used": total - dropped, "outside_window": dropped,
+              "with_propensity": known}
+    if holdout_after is not None:
+        report["holdout_after"] = holdout_after  # the import's cut, not features.split's quantile
+    return report
 
 
 def build(settings: Settings, store: ObjectStore | None = None) -> dict:
@@ -153,7 +164,7 @@ def _build(settings, con, p, seq_len, window, recent, raw_manifest, store, work)
       SELECT user_id, ukey, {privacy.bucket_sql('ukey', n_chunks)} AS b FROM (
         SELECT user_id, {privacy.pseudonym_sql('user_id', 'u')} AS ukey
         FROM (SELECT user_id FROM users UNION SELECT user_id FROM exposures))""")
-    exposures = _exposure_points(con, p, now_ts)
+    exposures = _exposure_points(con, p, now_ts, ((raw_manifest.get("import") or {}).get("holdout") or {}).get("after"))
     if n_chunks > 1:  # one pass to split events by chunk (indexed); each chunk then reads only its own part
         vocabulary_tables(con, vocab)
         con.execute(f"""COPY (SELECT e.*, i.b FROM ({indexed_events('events', vocab)}) e JOIN ids i USING (user_id))

@@ -1,33 +1,8 @@
 """Maps a user's randomized campaign log (CSV or parquet, one row per customer: arm, outcomes,
 features) into a raw batch of the data contract, as a mapping YAML declares; the chain then
-runs on it unchanged (`campaignops data import --mapping FILE.yaml DATAFILE`).
-
-Mapping (see validation/mappings/hillstrom.yaml for a complete one):
-
-    source: {format: csv}                 # csv | parquet (default: the file suffix)
-    batch: hillstrom                      # default batch id (--batch overrides)
-    campaign:
-      id: hillstrom_2008
-      window: {start: 2008-03-01, end: 2008-03-15}   # required without a timestamp column
-    treatment:
-      column: segment
-      control: No E-Mail                  # the arm value of the randomized no-send group
-      arms:                               # arm value -> variant and campaign attributes
-        Mens E-Mail: {variant: mens, type: discount, channel: email, discount_rate: 0.0,
-                      cost_per_send: 0.0, target_category: mens}
-    outcomes: {response: visit, revenue: spend}       # 0/1 column; numeric column (optional)
-    id: null                              # user id column; null: the row number
-    timestamp: null                       # exposure time column; null: spread over the window
-    users:                                # contract columns a log lacks need an explicit rule
-      age: {fill: 40}                     #   {column: C} | {fill: V} | null (nullable ones only)
-      gender: {fill: U}
-      region: {column: zip_code}
-      occupation: null
-      signup_ts: {fill: 2007-03-01}
-    features:                             # -> user_attributes (known from `as_of` on, inclusive)
-      as_of: 2008-03-01                   # default: the window start (= the campaign's start_ts)
-      numeric: [recency, history]
-      categorical: [zip_code, channel]
+runs on it unchanged (`campaignops data import --mapping FILE.yaml DATAFILE`). Mapping format
+and checks: pipelines/import_mapping.py; a starter mapping from a log's columns:
+pipelines/import_starter.py; the holdout chosen at import: pipelines/import_holdout.py.
 
 Rows are never dropped: a value that cannot be parsed becomes null, an undeclared arm keeps its
 raw name as variant_id, and the validate step quarantines such rows with the rule they broke
@@ -38,18 +13,18 @@ campaign's start both do with the default; a later as_of hides them from earlier
 
 Without a timestamp column, exposure times are spread deterministically over the window by a
 hash of the user id (or row number): the chain's time-quantile train/valid/holdout split then
-behaves as a seeded random split of the customers. For cross-fitting, `holdout_fold=(f, k)`
-deals the users into k folds of equal size (±1 user, by a seeded hash of the id) and spreads fold
-f over the last part of the window, the other folds before it: a time split whose train + valid
-share is `import.holdout_fold.time_quantile` (half a row below the other folds' share, so any
-quantile rounding lands between the two) then holds out exactly fold f, and k imports with
-f = 0..k-1 score every row once, by a model that did not train on it. The log has no behaviour events: the events
-table is written empty and declared so (`empty_by_design`) in the manifest.
+behaves as a seeded random split of the customers. A holdout chosen at import (`holdout_fold=(f,
+k)`, `holdout_fraction`, `holdout_column`) is spread over the last part of the window instead and
+recorded with its cut in the manifest's `import.holdout`, which the features step splits at. For
+cross-fitting, `holdout_fold=(f, k)` deals the users into k folds of equal size (±1 user, by a
+seeded hash of the id): k imports with f = 0..k-1 score every row once, by a model that did not
+train on it (`import.holdout_fold.time_quantile` is the train + valid share that holds out
+exactly fold f, for a params-driven split). The log has no behaviour events: the events table is
+written empty and declared so (`empty_by_design`) in the manifest. Every import records its
+warnings (`import.warnings`), among them arms the network cannot tell apart.
 """
 from __future__ import annotations
 
-import hashlib
-import re
 import shutil
 import tempfile
 from datetime import datetime, timezone
@@ -61,199 +36,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from campaignops.pipelines import import_holdout as holdout
 from campaignops.pipelines import layout
+from campaignops.pipelines.import_holdout import fold_of  # noqa: F401  (importer.fold_of: benchmarks, tests)
+from campaignops.pipelines.import_mapping import (MappingError, arms_warning, check_arm_values,  # noqa: F401
+                                                  indistinguishable_arms, load_mapping)
 from campaignops.pipelines.storage import sha256_file
-from campaignops.validation import suites
-from campaignops.validation.contract import CAMPAIGN_TYPES, CHANNELS, CONTROL, GENDERS, SCHEMAS, required_schema
+from campaignops.validation.contract import CONTROL, SCHEMAS, required_schema
 
-FORMATS = ("csv", "parquet")
-ARM_KEYS = {"variant", "type", "channel", "discount_rate", "cost_per_send", "target_category"}
-USER_FIELDS = ("age", "gender", "region", "occupation", "signup_ts")
-TOP_KEYS = {"source", "batch", "campaign", "treatment", "outcomes", "id", "timestamp", "users", "features"}
-VARIANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-ATTR_RE = re.compile(suites.ATTRIBUTE_NAME_REGEX)
+_spread_ms = holdout.spread_ms
 
-
-class MappingError(ValueError):
-    """The mapping file is invalid or does not fit the data file (names the file and key)."""
-
-
-# --------------------------------------------------------------------------- mapping
-
-def _ts(value, where: str, err) -> pd.Timestamp:
-    try:
-        ts = pd.Timestamp(str(value))
-    except (ValueError, TypeError):
-        raise err(where, f"{value!r} is not a date/time (ISO 8601, e.g. 2008-03-01T00:00:00)")
-    return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
-
-
-def load_mapping(path: Path | str, columns: list[str], response: str | None = None) -> dict:
-    """Parse and check a mapping against the data file's columns. Returns the normalized mapping;
-    raises MappingError naming the file and key of the first problem found."""
-    path = Path(path)
-
-    def err(key: str, msg: str) -> MappingError:
-        return MappingError(f"{path}: {key}: {msg}")
-
-    try:
-        m = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise MappingError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(m, dict):
-        raise MappingError(f"{path}: the mapping must be a YAML mapping of keys {sorted(TOP_KEYS)}")
-    unknown = sorted(set(m) - TOP_KEYS)
-    if unknown:
-        raise err(unknown[0], f"unknown key; allowed top-level keys are {sorted(TOP_KEYS)}")
-
-    def column(key: str, value) -> str:
-        if not isinstance(value, str) or value not in columns:
-            raise err(key, f"column {value!r} is not in the data file (columns: {columns})")
-        return value
-
-    def section(key: str, required: bool = True) -> dict:
-        v = m.get(key)
-        if v is None and not required:
-            return {}
-        if not isinstance(v, dict):
-            raise err(key, "missing or not a mapping")
-        return v
-
-    out: dict = {"batch": m.get("batch")}
-    src = section("source", required=False)
-    fmt = src.get("format")
-    if fmt is not None and fmt not in FORMATS:
-        raise err("source.format", f"{fmt!r} is not one of {list(FORMATS)}")
-    out["format"] = fmt
-
-    camp = section("campaign")
-    cid = camp.get("id")
-    if not isinstance(cid, str) or not VARIANT_RE.match(cid):
-        raise err("campaign.id", f"{cid!r}: need an id of letters, digits, '_', '.', '-' (max 64)")
-    out["campaign_id"] = cid
-    window = camp.get("window")
-    out["timestamp"] = column("timestamp", m["timestamp"]) if m.get("timestamp") is not None else None
-    if window is None and out["timestamp"] is None:
-        raise err("campaign.window", "required when no timestamp column is declared (exposure times are spread "
-                  "over it)")
-    if window is not None:
-        if not isinstance(window, dict) or set(window) != {"start", "end"}:
-            raise err("campaign.window", "need {start: <time>, end: <time>}")
-        start = _ts(window["start"], "campaign.window.start", err)
-        end = _ts(window["end"], "campaign.window.end", err)
-        if not start < end:
-            raise err("campaign.window", f"start {start} is not before end {end}")
-        out["window"] = (start, end)
-    else:
-        out["window"] = None
-
-    tr = section("treatment")
-    out["treatment"] = column("treatment.column", tr.get("column"))
-    if tr.get("control") is None:
-        raise err("treatment.control", "not declared: name the arm value of the randomized control (no-send) group")
-    out["control"] = str(tr["control"])
-    arms = tr.get("arms")
-    if not isinstance(arms, dict) or not arms:
-        raise err("treatment.arms", "missing: declare at least one treatment arm (arm value -> attributes)")
-    if out["control"] in map(str, arms):
-        raise err(f"treatment.arms.{out['control']}", "the control arm is implicit; do not list it under arms")
-    out["arms"] = {}
-    variants = set()
-    for value, a in arms.items():
-        key = f"treatment.arms.{value}"
-        if not isinstance(a, dict):
-            raise err(key, "need a mapping of " + ", ".join(sorted(ARM_KEYS)))
-        extra, missing = sorted(set(a) - ARM_KEYS), sorted(ARM_KEYS - set(a) - {"target_category"})
-        if extra:
-            raise err(f"{key}.{extra[0]}", f"unknown key; allowed: {sorted(ARM_KEYS)}")
-        if missing:
-            raise err(f"{key}.{missing[0]}", "missing (every arm declares variant, type, channel, discount_rate, "
-                      "cost_per_send)")
-        v = str(a["variant"])
-        if not VARIANT_RE.match(v) or v == CONTROL or v in variants:
-            raise err(f"{key}.variant", f"{v!r}: need a unique id (letters, digits, '_', '.', '-'), not {CONTROL!r}")
-        variants.add(v)
-        if a["type"] not in CAMPAIGN_TYPES:
-            raise err(f"{key}.type", f"{a['type']!r} is not one of the contract's campaign types {list(CAMPAIGN_TYPES)}")
-        if a["channel"] not in CHANNELS:
-            raise err(f"{key}.channel", f"{a['channel']!r} is not one of the contract's channels {list(CHANNELS)}")
-        for k, lo, hi in (("discount_rate", 0.0, 1.0), ("cost_per_send", 0.0, None)):
-            x = a[k]
-            if isinstance(x, bool) or not isinstance(x, (int, float)) or x < lo or (hi is not None and x > hi):
-                raise err(f"{key}.{k}", f"{x!r} must be a number >= {lo}" + (f" and <= {hi}" if hi else ""))
-        tc = a.get("target_category")
-        out["arms"][str(value)] = {"variant": v, "type": a["type"], "channel": a["channel"],
-                                   "discount_rate": float(a["discount_rate"]), "cost_per_send": float(a["cost_per_send"]),
-                                   "target_category": None if tc is None else str(tc)}
-
-    oc = section("outcomes")
-    resp = response or oc.get("response")
-    if resp is None:
-        raise err("outcomes.response", "missing: the 0/1 response column")
-    out["response"] = column("outcomes.response" if response is None else "--response", resp)
-    out["revenue"] = column("outcomes.revenue", oc["revenue"]) if oc.get("revenue") is not None else None
-    out["id"] = column("id", m["id"]) if m.get("id") is not None else None
-
-    users = section("users")
-    out["users"] = {}
-    for f in USER_FIELDS:
-        rule = users.get(f)
-        key = f"users.{f}"
-        if f not in users or rule is None:
-            if f not in suites.NULLABLE["users"]:
-                raise err(key, f"the contract requires {f} and the mapping gives no rule: declare {{column: <col>}} "
-                          "or an explicit {fill: <value>}")
-            out["users"][f] = None
-            continue
-        if not isinstance(rule, dict) or len(rule) != 1 or next(iter(rule)) not in ("column", "fill"):
-            raise err(key, "need {column: <col>} or {fill: <value>} (or null for a nullable column)")
-        if "column" in rule:
-            out["users"][f] = ("column", column(f"{key}.column", rule["column"]))
-            continue
-        v = rule["fill"]
-        if f == "age" and (isinstance(v, bool) or not isinstance(v, int) or not suites.AGE_RANGE[0] <= v <= suites.AGE_RANGE[1]):
-            raise err(f"{key}.fill", f"{v!r} is not an integer in {list(suites.AGE_RANGE)}")
-        if f == "gender" and v not in GENDERS:
-            raise err(f"{key}.fill", f"{v!r} is not one of the contract's genders {list(GENDERS)}")
-        if f == "signup_ts":
-            v = _ts(v, f"{key}.fill", err)
-        out["users"][f] = ("fill", v)
-    unknown = sorted(set(users) - set(USER_FIELDS))
-    if unknown:
-        raise err(f"users.{unknown[0]}", f"not a users column of the contract {list(USER_FIELDS)}")
-
-    feats = section("features", required=False)
-    out["features"] = {}
-    for kind in ("numeric", "categorical"):
-        cols = feats.get(kind) or []
-        if not isinstance(cols, list):
-            raise err(f"features.{kind}", "need a list of column names")
-        for c in cols:
-            column(f"features.{kind}", c)
-            if not ATTR_RE.match(c):
-                raise err(f"features.{kind}", f"column {c!r} cannot be an attribute name ({suites.ATTRIBUTE_NAME_REGEX})")
-            if c in out["features"]:
-                raise err(f"features.{kind}", f"column {c!r} is declared twice")
-            out["features"][c] = kind
-    used = {out["treatment"], out["response"]}
-    clash = sorted(used & set(out["features"]))
-    if clash:
-        raise err("features", f"column {clash[0]!r} is the treatment or the response; it cannot be a feature")
-    as_of = feats.get("as_of")
-    if as_of is not None:
-        out["as_of"] = _ts(as_of, "features.as_of", err)
-    elif out["window"] is not None:
-        out["as_of"] = out["window"][0]
-    elif out["features"]:
-        raise err("features.as_of", "required with a timestamp column and no campaign.window: when were the "
-                  "feature values known?")
-    else:
-        out["as_of"] = None
-    out["path"] = str(path)
-    return out
-
-
-# --------------------------------------------------------------------------- data
 
 def read_source(path: Path, fmt: str | None) -> pd.DataFrame:
     """The data file as strings (CSV) or its own types (parquet); nothing is parsed yet."""
@@ -282,26 +74,6 @@ def _ts_array(s: pd.Series) -> pa.Array:
     return pa.array(t.astype("datetime64[ms]"), pa.timestamp("ms"))
 
 
-def _spread_ms(keys: list[str], salt: str, span_ms: int) -> np.ndarray:
-    """Deterministic offsets in [1, span_ms] from sha256(salt, key): a seeded uniform spread."""
-    out = np.empty(len(keys), dtype=np.int64)
-    for i, k in enumerate(keys):
-        h = int.from_bytes(hashlib.sha256(f"{salt}\x1f{k}".encode()).digest()[:8], "big")
-        out[i] = 1 + h % span_ms
-    return out
-
-
-def fold_of(keys: list[str], salt: str, k: int) -> np.ndarray:
-    """Fold 0..k-1 of each key: distinct keys ranked by sha256(salt, key) and dealt into k folds
-    whose sizes differ by at most one key; equal keys share a fold."""
-    uniq, inverse = np.unique(np.asarray(keys, dtype=object).astype(str), return_inverse=True)
-    h = np.array([int.from_bytes(hashlib.sha256(f"{salt}\x1ffold\x1f{u}".encode()).digest()[:8], "big")
-                  for u in uniq], dtype=np.uint64)
-    rank = np.empty(len(uniq), dtype=np.int64)
-    rank[np.argsort(h, kind="stable")] = np.arange(len(uniq))
-    return (rank * k // max(len(uniq), 1))[inverse]
-
-
 def build_tables(m: dict, df: pd.DataFrame) -> tuple[dict[str, pa.Table], dict]:
     """The raw tables (contract schemas) and import statistics for one data frame."""
     n = len(df)
@@ -315,7 +87,8 @@ def build_tables(m: dict, df: pd.DataFrame) -> tuple[dict[str, pa.Table], dict]:
     variant_of = {k: a["variant"] for k, a in m["arms"].items()}
     variant = [CONTROL if v == m["control"] else variant_of.get(v, v) for v in arm_str]
 
-    fold_stats = None
+    spec = m.get("holdout") or ({"fold": tuple(m["holdout_fold"])} if m.get("holdout_fold") else None)
+    held_record = None
     if m["timestamp"]:
         ts = _ts_array(df[m["timestamp"]])
     else:
@@ -323,17 +96,18 @@ def build_tables(m: dict, df: pd.DataFrame) -> tuple[dict[str, pa.Table], dict]:
         span = int((end - start) / pd.Timedelta(milliseconds=1))
         keys = [k or r for k, r in zip(uid.to_pylist() if m["id"] else rownum, rownum)]
         salt = m.get("spread_salt", m["campaign_id"])
-        if m.get("holdout_fold") is None:
-            offs = _spread_ms(keys, salt, span)
-        else:  # fold f after a cut at (k-1)/k of the window, the other folds before it
-            f, k = m["holdout_fold"]
-            held = fold_of(keys, salt, k) == f
-            cut = span * (k - 1) // k
-            offs = np.where(held, cut + _spread_ms(keys, salt, span - cut), _spread_ms(keys, salt, cut))
+        if spec is None:
+            offs = holdout.spread_ms(keys, salt, span)
+        else:  # the holdout after a cut, the other rows before it (fold f of k: at (k-1)/k of the window)
+            held, how = holdout.choose(spec, keys, salt, df, m.get("data_path", "data file"))
             h = int(held.sum())
-            fold_stats = {"fold": f, "k": k, "rows": h, "share": h / n if n else 0.0,
-                          "time_quantile": (n - h - 0.5) / n if n else 0.0}
+            cut = span * (spec["fold"][1] - 1) // spec["fold"][1] if "fold" in spec else span * (n - h) // n
+            offs = holdout.place(held, keys, salt, span, cut)
+            held_record = holdout.record(next(iter(spec)), how, held, start + pd.Timedelta(milliseconds=cut))
         ts = pa.array((np.datetime64(start.to_datetime64(), "ms") + offs.astype("timedelta64[ms]")), pa.timestamp("ms"))
+    if held_record is None:
+        held_record = holdout.params_split(ts.to_numpy(zero_copy_only=False), m["split"], not m["timestamp"]) \
+            if m.get("split") else {"rule": "params", "how": "params features.split (time quantiles)"}
     if m["window"] is not None:
         start, end = m["window"]
     else:
@@ -402,8 +176,11 @@ def build_tables(m: dict, df: pd.DataFrame) -> tuple[dict[str, pa.Table], dict]:
     stats = {"rows": n, "arms": {str(k): int(v) for k, v in counts.items() if k in declared},
              "undeclared_arms": {str(k): int(v) for k, v in counts.items() if k not in declared},
              "missing_feature_values": missing, "now": pd.Timestamp(now).isoformat()}
-    if fold_stats is not None:
-        stats["holdout_fold"] = fold_stats
+    stats["holdout"] = held_record
+    if spec is not None and "fold" in spec:
+        f, k = spec["fold"]
+        stats["holdout_fold"] = {"fold": f, "k": k, "rows": held_record["rows"], "share": held_record["share"],
+                                 "time_quantile": held_record["time_quantile"]}
     tables = {"users": users, "events": SCHEMAS["events"].empty_table(), "campaigns": campaigns,
               "exposures": exposures, "user_attributes": attrs}
     return tables, stats
@@ -411,12 +188,15 @@ def build_tables(m: dict, df: pd.DataFrame) -> tuple[dict[str, pa.Table], dict]:
 
 def import_file(settings, mapping_path: Path | str, data_path: Path | str, batch: str | None = None,
                 response: str | None = None, store=None, limit: int | None = None,
-                split_seed: int | None = None, holdout_fold: tuple[int, int] | None = None) -> dict:
+                split_seed: int | None = None, holdout_fold: tuple[int, int] | None = None,
+                holdout_fraction: float | None = None, holdout_column: str | None = None) -> dict:
     """Map `data_path` with the mapping into raw/<batch>/ (one part per table, the manifest last).
     Returns the manifest. `limit`: first rows only (tests, dry looks). `split_seed`: another
     spread of exposure times (another random train/valid/holdout split), for repeated splits.
-    `holdout_fold` (f, k): exposure times put fold f of k last, for cross-fitting (module docstring);
-    needs spread times (no timestamp column)."""
+    At most one holdout choice (pipelines/import_holdout.py; needs spread times, i.e. no timestamp
+    column): `holdout_fold` (f, k) holds out fold f of k users (cross-fitting), `holdout_fraction`
+    a share of the users, `holdout_column` "COL" or "COL=VALUE" the rows that column marks."""
+    spec = holdout.parse(holdout_fold, holdout_fraction, holdout_column)
     data_path, mapping_path = Path(data_path), Path(mapping_path)
     if not data_path.is_file():
         raise FileNotFoundError(f"data file {data_path} not found")
@@ -426,18 +206,21 @@ def import_file(settings, mapping_path: Path | str, data_path: Path | str, batch
     if limit is not None:
         df = df.iloc[:limit].reset_index(drop=True)
     m = load_mapping(mapping_path, [str(c) for c in df.columns], response=response)
+    warnings = check_arm_values(m, df[m["treatment"]])
+    twins = indistinguishable_arms(m["arms"])
+    warnings += [arms_warning(g, m["arms"]) for g in twins]
     batch = str(batch or m["batch"] or data_path.stem)
     if split_seed is not None:
         m["spread_salt"] = f"{m['campaign_id']}#{int(split_seed)}"
-    if holdout_fold is not None:
-        f, k = (int(v) for v in holdout_fold)
-        if not (k >= 2 and 0 <= f < k):
-            raise ValueError(f"holdout_fold {holdout_fold!r}: need (f, k) with k >= 2 and 0 <= f < k")
-        if m["timestamp"]:
-            raise MappingError(f"{mapping_path}: timestamp: holdout_fold needs exposure times spread by the "
-                               "import; this mapping takes them from a column")
-        m["holdout_fold"] = (f, k)
+    if spec is not None and m["timestamp"]:
+        option = {"fold": "holdout_fold", "fraction": "holdout_fraction", "column": "holdout_column"}[next(iter(spec))]
+        raise MappingError(mapping_path, [("timestamp", f"{option} needs exposure times spread by the import; "
+                                                        f"this mapping takes them from column {m['timestamp']!r}")])
+    m["holdout"], m["data_path"] = spec, str(data_path)
+    m["split"] = settings.params["features"]["split"] if settings is not None else None
     tables, stats = build_tables(m, df)
+    stats["warnings"] = warnings
+    stats["indistinguishable_arms"] = twins
     if store is None:
         from campaignops.pipelines.storage import ObjectStore
 
@@ -469,7 +252,8 @@ def import_file(settings, mapping_path: Path | str, data_path: Path | str, batch
                       "response": m["response"], "revenue": m["revenue"],
                       "exposure_times": "column " + m["timestamp"] if m["timestamp"] else
                       "spread over the campaign window by sha256(campaign id, user id or row)",
-                      "split_seed": split_seed, "holdout_fold": None if holdout_fold is None else list(holdout_fold)},
+                      "split_seed": split_seed, "holdout_fold": None if holdout_fold is None else list(holdout_fold),
+                      "holdout_fraction": holdout_fraction, "holdout_column": holdout_column},
         "import": stats,
         "tables": entries,
     }

@@ -9,7 +9,9 @@ Policies:
   control, the rest a variant uniformly;
 - a campaign starting on a simulated day: if the platform committed a scores run it acted on
   (scores/<campaign>/latest.json), every scored user gets the run's arm (chosen_variant if send,
-  else control) with the run's propensity; otherwise the legacy policy sends it at its start.
+  else control) with the run's propensity; otherwise the legacy policy sends it at its start. A
+  campaign the platform sends in waves (an allocation plan: pipelines/sim_waves.py) is sent
+  as its allocation versions decided, each user on its wave's day.
 
 Draws for simulated days are keyed by (seed, campaign, user, purpose), not taken from a stream:
 a user's exposure, arm and outcome are the same whichever day's batch regenerates them, and the
@@ -27,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from campaignops.pipelines.sim_world import Campaign, Users, World, _fixed_strings, _take, _ts_array
+from campaignops.pipelines.sim_world import DAY_MS, Campaign, Users, World, _fixed_strings, _take, _ts_array
 from campaignops.validation.contract import CONTROL, SCHEMAS, TRUTH_SCHEMA
 
 BASKET_LOG_MEAN, BASKET_SD = math.log(55.0), 0.45
@@ -104,6 +106,7 @@ class Decision:
     propensity: np.ndarray
     run_id: str
     manifest_key: str
+    wave: np.ndarray | None = None   # day of the campaign each user is sent on (None: all at its start)
 
     @property
     def rows(self) -> int:
@@ -127,8 +130,15 @@ def load_decision(store, camp: Campaign) -> Decision | None:
     pointer = json.loads(latest)
     key = store.key(pointer["manifest"])
     manifest = json.loads(store.get_bytes(key))
-    where = f"scores run {store.uri(key)}"
     scores = read_run(store, manifest).select(["user_id", "chosen_variant", "send", "propensity"])
+    run_id = str(manifest.get("score_run_id") or (manifest.get("commit") or {}).get("run_id") or pointer.get("run_id"))
+    return decision(scores, camp, f"scores run {store.uri(key)}", run_id, key)
+
+
+def decision(scores: pa.Table, camp: Campaign, where: str, run_id: str, key: str,
+             wave: np.ndarray | None = None) -> Decision:
+    """A Decision from rows (user_id, chosen_variant, send, propensity[, their `wave`]), checked:
+    this world's user ids, the campaign's arms, propensities in (0, 1], each user once."""
     ids = scores.column("user_id").cast(pa.string())
     if not pc.all(pc.starts_with(ids, "u")).as_py():
         raise ValueError(f"{where}: user ids must be this world's 'u<number>' ids")
@@ -149,12 +159,12 @@ def load_decision(store, camp: Campaign) -> Decision | None:
     order = np.argsort(numbers, kind="stable")
     if len(numbers) and (np.diff(numbers[order]) == 0).any():
         raise ValueError(f"{where}: a user is scored twice")
-    run_id = str(manifest.get("score_run_id") or (manifest.get("commit") or {}).get("run_id") or pointer.get("run_id"))
-    return Decision(camp.campaign_id, numbers[order], arm[order].astype(np.int64), prop[order], run_id, key)
+    return Decision(camp.campaign_id, numbers[order], arm[order].astype(np.int64), prop[order], run_id, key,
+                    None if wave is None else np.asarray(wave, np.int64)[order])
 
 
 def platform_sends(d: Decision, u: Users, camp: Campaign) -> Sends:
-    """The decision's rows for the chunk's users, each sent at the campaign start."""
+    """The decision's rows for the chunk's users, each sent at the campaign start (or its wave's day)."""
     pos = np.minimum(np.searchsorted(d.numbers, u.number), max(d.rows - 1, 0))
     hit = (d.numbers[pos] == u.number) if d.rows else np.zeros(u.n, bool)
     ui = np.flatnonzero(hit)
@@ -162,7 +172,10 @@ def platform_sends(d: Decision, u: Users, camp: Campaign) -> Sends:
     if len(late):
         raise ValueError(f"scores run {d.manifest_key} targets user number {int(u.number[late[0]])}, who signs up only "
                          f"after {camp.campaign_id} starts: the run was not scored on this world (seed, users)")
-    return Sends(camp, ui, np.full(len(ui), camp.start_ms, np.int64), d.arm[pos[hit]], d.propensity[pos[hit]], PLATFORM)
+    t = np.full(len(ui), camp.start_ms, np.int64)
+    if d.wave is not None:                   # sent in waves: each user on its day of the campaign
+        t += d.wave[pos[hit]] * DAY_MS
+    return Sends(camp, ui, t, d.arm[pos[hit]], d.propensity[pos[hit]], PLATFORM)
 
 
 # --------------------------------------------------------------------------- outcomes

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from campaignops.config import Settings
-from campaignops.pipelines import layout, sim_clock, sim_events, sim_responses, sim_world
+from campaignops.pipelines import layout, sim_clock, sim_events, sim_responses, sim_waves, sim_world
 from campaignops.validation.contract import SCHEMAS, TABLES
 
 CHUNK_USERS = 50_000
@@ -208,7 +208,8 @@ def _decisions(store, w: sim_world.World, clock: sim_clock.Clock) -> dict[str, s
     out = {}
     for camp in w.campaigns:
         if clock.status(camp) == sim_clock.RESOLVED:
-            d = sim_responses.load_decision(store, camp)
+            d = sim_waves.load_decision(store, camp, clock)
+            d = d if d is not None else sim_responses.load_decision(store, camp)
             if d is not None:
                 out[camp.campaign_id] = d
     return out
@@ -225,7 +226,10 @@ def _sim_block(w: sim_world.World, day: Day, new_users: int) -> dict:
             d = day.decisions.get(camp.campaign_id)
             entry.update(policy=sim_responses.PLATFORM if d else sim_responses.LEGACY,
                          exposures=day.rows.get(camp.campaign_id, 0))
-            if d:
+            if d and d.wave is not None:    # sent in waves: the allocation versions decided the landed ones
+                entry.update(allocation_version=d.run_id, allocation_manifest=d.manifest_key, landed_users=d.rows,
+                             waves_landed=sorted({int(x) for x in d.wave}))
+            elif d:
                 entry.update(scores_run_id=d.run_id, scores_manifest=d.manifest_key, scored_users=d.rows)
         campaigns[camp.campaign_id] = entry
     return {"day": clock.day, "start_date": sim_clock.utc_datetime(clock.start_ms).date().isoformat(),

@@ -23,7 +23,7 @@ def dagbag(tmp_path_factory):
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == {"campaign_retrain", "campaign_score", "campaign_feedback"}
+    assert set(dagbag.dag_ids) == {"campaign_retrain", "campaign_score", "campaign_feedback", "campaign_adjust"}
 
 
 def test_retrain_chain_order(dagbag):
@@ -82,6 +82,18 @@ def test_feedback_compares_then_checks_daily_with_a_form(dagbag):
     assert dag.owner == "campaignops" and dag.tags >= {"campaignops", "feedback"}
     assert dag.get_task("compare").retries >= 2 and dag.get_task("check_forecast").retries == 0
     assert all(dag.get_task(t).doc_md for t in dag.task_ids)
+
+
+def test_adjust_runs_daily_one_mapped_task_per_due_campaign_with_a_form(dagbag):
+    dag = dagbag.dags["campaign_adjust"]
+    assert set(dag.task_ids) == {"due", "adjust"}
+    assert dag.get_task("due").downstream_task_ids == {"adjust"}
+    assert type(dag.get_task("adjust")).__name__ == "DecoratedMappedOperator"     # one instance per campaign
+    assert {"campaign_id", "date"} <= set(dag.params.keys())
+    assert dag.params["campaign_id"] is None and dag.params["date"] is None
+    assert dag.schedule.expression == "0 6 * * *" and not dag.catchup and dag.max_active_runs == 1
+    assert dag.description and dag.doc_md and dag.owner == "campaignops" and dag.tags >= {"campaignops", "adjust"}
+    assert all(dag.get_task(t).retries >= 2 and dag.get_task(t).doc_md for t in dag.task_ids)
 
 
 @pytest.mark.parametrize("dag_file", sorted(p.name for p in DAGS.glob("*.py")))

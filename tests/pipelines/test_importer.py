@@ -381,3 +381,252 @@ def test_an_imported_log_trains_and_scores_on_the_imported_values(chain, tmp_pat
             value = pd.to_numeric(df[item["name"]], errors="coerce").fillna(0.0)
             assert np.array_equal(seen[f"attr_{item['name']}"], value), item["name"]
     assert not store.exists(f"scores/{m['campaign_id']}/latest.json")   # a replay never moves latest
+
+
+# --------------------------------------------------------------------------- onboarding a new log (issue 15)
+
+from campaignops.pipelines import import_holdout, import_mapping, import_starter  # noqa: E402
+
+ARMS = ["control", "10% off SMS", "Free shipping e-mail", "newsletter A", "newsletter B"]
+
+
+def _new_log(n: int = 240, seed: int = 0) -> pd.DataFrame:
+    """A 5-arm RCT from elsewhere: an id, the arm, user columns, features, two 0/1 outcomes, revenue,
+    a split column and free text."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "customer_id": [f"c{i:04d}" for i in range(n)], "group": np.array(ARMS)[np.arange(n) % 5],
+        "age": rng.integers(18, 80, n), "sex": rng.choice(["F", "M"], n), "state": rng.choice(["north", "south"], n),
+        "tenureMonths": rng.integers(0, 60, n), "plan": rng.choice(["basic", "plus"], n),
+        "purchased": rng.integers(0, 2, n), "clicked": rng.integers(0, 2, n), "revenue": rng.integers(0, 90, n),
+        "split": np.where(np.arange(n) % 4 == 0, "test", "train"), "note": [f"free text {i}" for i in range(n)]})
+
+
+def _write(tmp_path: Path, df: pd.DataFrame, name: str = "new_log.csv") -> Path:
+    path = tmp_path / name
+    df.to_csv(path, index=False)
+    return path
+
+
+def test_mapping_validator_reports_every_problem_at_once(tmp_path):
+    def edit(m):
+        m["colour"] = "blue"
+        m["treatment"]["column"] = "arm"
+        m["treatment"]["arms"]["Mens E-Mail"]["type"] = "newsletter"
+        m["treatment"]["arms"]["Womens E-Mail"]["discount_rate"] = 2
+        del m["treatment"]["arms"]["Womens E-Mail"]["channel"]
+        m["users"]["gender"] = {"fill": "X"}
+        m["features"]["numeric"] = ["recency", "income"]
+    path = _mapping(tmp_path, edit)
+    with pytest.raises(importer.MappingError) as exc:
+        importer.load_mapping(path, COLUMNS)
+    keys = [k for k, _ in exc.value.problems]
+    assert keys == ["colour", "treatment.column", "treatment.arms.Mens E-Mail.type",
+                    "treatment.arms.Womens E-Mail.channel", "treatment.arms.Womens E-Mail.discount_rate",
+                    "users.gender.fill", "features.numeric"]
+    lines = str(exc.value).splitlines()
+    assert len(lines) == len(keys) and all(line.startswith(f"{path}: {k}: ") for line, k in zip(lines, keys))
+    assert "column 'income' is not in the data file" in lines[-1]
+
+
+def test_cli_lists_every_mapping_problem(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from campaignops import cli
+
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    monkeypatch.setenv("CAMPAIGNOPS_WORKSPACE", str(tmp_path))
+    data = _write(tmp_path, pd.DataFrame({c: ["1"] for c in COLUMNS} | {"segment": ["No E-Mail"]}))
+    path = _mapping(tmp_path, lambda m: m.update(colour="blue", outcomes={"response": "clicks"}))
+    out = CliRunner().invoke(cli.app, ["data", "import", "--mapping", str(path), str(data)])
+    assert out.exit_code == 2, out.output
+    lines = out.output.splitlines()
+    assert lines[0] == "mapping errors (2):" and lines[1].startswith(f"{path}: colour: unknown key")
+    assert lines[2].startswith(f"{path}: outcomes.response: column 'clicks'") and len(lines) == 3
+
+
+def test_arm_values_of_the_data_are_checked_against_the_mapping():
+    m = importer.load_mapping(MAPPING, COLUMNS)
+    values = pd.Series(["No E-Mail", "Mens E-Mail", "Kids E-Mail", "Kids E-Mail"])
+    warnings = import_mapping.check_arm_values(m, values)
+    assert warnings[0].startswith("treatment.arms.Womens E-Mail: declared but no row")
+    assert "'Kids E-Mail' (2 rows)" in warnings[1] and "quarantines" in warnings[1]
+    with pytest.raises(importer.MappingError) as exc:
+        import_mapping.check_arm_values(m, pd.Series(["No E-mail", "Mens E-Mail"]))
+    assert exc.value.problems[0][0] == "treatment.control" and "'No E-mail' (1)" in str(exc.value)
+
+
+def test_arms_equal_in_every_attribute_are_indistinguishable():
+    base = {"variant": "a", "type": "discount", "channel": "email", "discount_rate": 0.0, "cost_per_send": 0.0,
+            "target_category": None}
+    arms = {"A": base, "B": {**base, "variant": "b", "target_category": ""}, "C": {**base, "variant": "c",
+                                                                                 "cost_per_send": 0.01},
+            "D": {**base, "variant": "d", "target_category": "kids"}, "E": {**base, "variant": "e"}}
+    assert import_mapping.indistinguishable_arms(arms) == [["A", "B", "E"]]
+    text = import_mapping.arms_warning(["A", "B", "E"], arms)
+    assert "'A' (variant a), 'B' (variant b), 'E' (variant e)" in text and "target_category" in text
+    assert import_mapping.indistinguishable_arms(importer.load_mapping(MAPPING, COLUMNS)["arms"]) == []
+
+
+def test_starter_mapping_guesses_the_columns_and_loads(tmp_path):
+    df = _new_log()
+    path, g = import_starter.write_starter(_write(tmp_path, df), tmp_path / "new.yaml")
+    text = path.read_text()
+    m = importer.load_mapping(path, list(df.columns))   # the starter is a valid mapping as written
+    assert (m["treatment"], m["control"], m["id"], m["response"], m["revenue"], m["timestamp"]) == \
+        ("group", "control", "customer_id", "purchased", "revenue", None)
+    assert m["features"] == {"age": "numeric", "sex": "categorical", "state": "categorical",
+                             "tenureMonths": "numeric", "plan": "categorical"}
+    assert m["users"]["age"] == ("column", "age") and m["users"]["gender"] == ("column", "sex")
+    assert m["users"]["region"] == ("column", "state") and m["users"]["occupation"] is None
+    assert m["arms"]["10% off SMS"] | {"variant": None} == {"variant": None, "type": "discount", "channel": "sms",
+                                                            "discount_rate": 0.1, "cost_per_send": 0.0,
+                                                            "target_category": None}
+    assert m["arms"]["Free shipping e-mail"]["type"] == "free_shipping"
+    assert {a["variant"] for a in m["arms"].values()} == {"10_off_sms", "free_shipping_e_mail", "newsletter_a",
+                                                          "newsletter_b"}
+    assert g["left_out"] == {"purchased": "the response", "clicked": "an outcome or measured after the send",
+                             "revenue": "the revenue", "split": "a split column: use --holdout-column",
+                             "note": "240 distinct values, too many to one-hot",
+                             "customer_id": "the id or the exposure time"}
+    assert "also 0/1 outcomes: clicked (--response NAME)" in text
+    assert "# CHECK: 'newsletter A', 'newsletter B' have equal attributes" in text
+    assert "placeholder two-week window" in text and "signup_ts: {fill: '2023-01-01T00:00:00'}" in text
+
+
+def test_starter_for_a_binary_treatment_and_a_timestamp_column(tmp_path):
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"f0": rng.normal(size=50).round(3), "treatment": rng.integers(0, 2, 50),
+                       "sent_at": pd.date_range("2025-05-01", periods=50, freq="h").astype(str),
+                       "conversion": rng.integers(0, 2, 50), "exposure": rng.integers(0, 2, 50)})
+    path, g = import_starter.write_starter(_write(tmp_path, df, "criteo.csv"), tmp_path / "c.yaml")
+    m = importer.load_mapping(path, list(df.columns))
+    assert (m["treatment"], m["control"], list(m["arms"]), m["arms"]["1"]["variant"]) == \
+        ("treatment", "0", ["1"], "treatment_1")
+    assert m["timestamp"] == "sent_at" and m["window"] is None and m["as_of"] == pd.Timestamp("2025-05-01")
+    assert m["features"] == {"f0": "numeric"} and g["left_out"]["exposure"] == "an outcome or measured after the send"
+
+
+def test_starter_never_overwrites_a_mapping(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from campaignops import cli
+
+    data = _write(tmp_path, _new_log(40))
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    out = runner.invoke(cli.app, ["data", "import", "--init", str(data)], terminal_width=400)
+    assert out.exit_code == 0, out.output
+    written = tmp_path / "new_log.mapping.yaml"
+    assert "wrote new_log.mapping.yaml" in out.output and written.read_text().startswith("# Starter mapping")
+    written.write_text("edited: by hand\n")
+    out = runner.invoke(cli.app, ["data", "import", "--init", str(data)], terminal_width=400)
+    assert out.exit_code == 2 and "already exists" in out.output and "never overwrites" in out.output
+    assert written.read_text() == "edited: by hand\n"
+    with pytest.raises(import_starter.StarterError, match="no data rows"):
+        import_starter.write_starter(_write(tmp_path, _new_log(40).iloc[:0], "empty.csv"), tmp_path / "e.yaml")
+
+
+# --------------------------------------------------------------------------- the holdout chosen at import
+
+@pytest.fixture
+def new_log_mapping(tmp_path):
+    df = _new_log()
+    data = _write(tmp_path, df)
+    path, _ = import_starter.write_starter(data, tmp_path / "new.yaml")
+    return df, data, importer.load_mapping(path, list(df.columns))
+
+
+def _held_by_time(tables, record):
+    x = tables["exposures"].to_pandas()
+    after = pd.Timestamp(record["after"])
+    return x["exposure_ts"] > after, x
+
+
+def test_holdout_fraction_holds_out_that_share_of_users_last_in_time(new_log_mapping):
+    df, _, m = new_log_mapping
+    tables, stats = importer.build_tables({**m, "holdout": {"fraction": 0.3}}, df)
+    rec = stats["holdout"]
+    held, x = _held_by_time(tables, rec)
+    assert rec["rule"] == "fraction" and rec["rows"] == int(held.sum()) == 72 and rec["share"] == 0.3
+    assert x.loc[held, "exposure_ts"].min() > pd.Timestamp(rec["after"]) >= x.loc[~held, "exposure_ts"].max()
+    assert rec["first_rows"] == np.flatnonzero(held)[:5].tolist()
+    again = importer.build_tables({**m, "holdout": {"fraction": 0.3}}, df)[1]["holdout"]
+    assert again == rec and "holdout_fold" not in stats   # deterministic
+    other = importer.build_tables({**m, "holdout": {"fraction": 0.3}, "spread_salt": "x"}, df)[1]["holdout"]
+    assert other["first_rows"] != rec["first_rows"]
+
+
+def test_holdout_column_holds_out_the_rows_it_marks(new_log_mapping):
+    df, _, m = new_log_mapping
+    test_rows = np.flatnonzero(df["split"] == "test")
+    for spec in ({"column": "split", "value": None}, {"column": "split", "value": "test"}):
+        tables, stats = importer.build_tables({**m, "holdout": spec}, df)
+        held, _ = _held_by_time(tables, stats["holdout"])
+        assert np.flatnonzero(held).tolist() == test_rows.tolist() and stats["holdout"]["rows"] == 60
+    with pytest.raises(ValueError, match=r"holdout_column 'split': rows with value 'valid' are none .*'train' \(180\)"):
+        importer.build_tables({**m, "holdout": {"column": "split", "value": "valid"}, "data_path": "x.csv"}, df)
+    with pytest.raises(ValueError, match="x.csv: holdout_column: column 'fold' is not in the data file"):
+        importer.build_tables({**m, "holdout": {"column": "fold", "value": None}, "data_path": "x.csv"}, df)
+
+
+def test_holdout_options_are_one_of_and_checked():
+    assert import_holdout.parse(column="split=test") == {"column": "split", "value": "test"}
+    assert import_holdout.parse() is None
+    with pytest.raises(ValueError, match="choose one holdout option, not holdout_fold and holdout_fraction"):
+        import_holdout.parse(fold=(0, 5), fraction=0.2)
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="strictly between 0 and 1"):
+            import_holdout.parse(fraction=bad)
+
+
+def test_params_split_counts_the_rows_duckdb_holds_out():
+    """Without a chosen holdout the record counts what features' quantile_disc cut holds out."""
+    import duckdb
+
+    rng = np.random.default_rng(3)
+    for n in (7, 100, 1001):
+        ts = (np.datetime64("2024-01-01T00:00:00", "ms") + rng.integers(0, 10**9, n).astype("timedelta64[ms]"))
+        ts[0] = np.datetime64("NaT")
+        rec = import_holdout.params_split(ts, {"train": 0.7, "valid": 0.15}, spread=True)
+        con = duckdb.connect()
+        con.register("x", pd.DataFrame({"t": ts}))
+        want = con.execute("SELECT count(*) FROM x WHERE t > (SELECT quantile_disc(t, 0.85) FROM x)").fetchone()[0]
+        assert rec["rows"] == want and rec["rule"] == "params" and "after" not in rec
+
+
+def test_imported_holdout_is_the_features_holdout_without_editing_params(new_log_mapping, workspace, monkeypatch):
+    """--init, then an import holding out the rows the split column marks, through ingest →
+    validate → features with the project's params.yaml untouched: the holdout is exactly those
+    rows. The manifest records how, and warns that two arms look the same to the network."""
+    from campaignops.pipelines.privacy import id_salt, pseudonymize
+
+    df, data, m = new_log_mapping
+    for k, v in workspace.env.items():
+        monkeypatch.setenv(k, v)
+    with mock_aws():
+        store = ObjectStore(workspace, client=boto3.client("s3", region_name="us-east-1"))
+        store.ensure_bucket()
+        manifest = importer.import_file(workspace, m["path"], data, store=store, holdout_column="split")
+        ingest.ingest(workspace, batch=manifest["batch"], store=store)
+        report = validate.run(workspace, store=store)
+        meta = features.build(workspace, store=store)
+    rec = manifest["import"]["holdout"]
+    assert rec["rule"] == "column" and rec["rows"] == 60 and "column 'split'" in rec["how"]
+    assert manifest["generator"]["holdout_column"] == "split" and report["passed"]
+    assert meta["exposures"]["holdout_after"] == rec["after"] and meta["rows"]["holdout"] == 60
+    hold = pq.read_table(workspace.workspace / layout.FEATURES_DIR / "holdout.parquet", columns=["exposure_id"])
+    salt, cid = id_salt(workspace), m["campaign_id"]
+    assert sorted(hold.column("exposure_id").to_pylist()) == sorted(
+        pseudonymize(salt, f"{cid}-r{i:07d}", "x") for i in np.flatnonzero(df["split"] == "test"))
+    assert manifest["import"]["indistinguishable_arms"] == [["newsletter A", "newsletter B"]]
+    assert any("'newsletter A' (variant newsletter_a), 'newsletter B' (variant newsletter_b) have the same" in w
+               for w in manifest["import"]["warnings"])
+
+
+def test_a_holdout_needs_spread_times(tmp_path):
+    log = pd.DataFrame({c: ["1"] for c in COLUMNS} | {"segment": ["No E-Mail"], "ts": ["2008-03-02"]})
+    data = _write(tmp_path, log)
+    timed = _mapping(tmp_path, _set("timestamp", "ts"))
+    with pytest.raises(importer.MappingError, match="timestamp: holdout_fraction needs exposure times spread"):
+        importer.import_file(None, timed, data, holdout_fraction=0.2)
