@@ -87,7 +87,7 @@ def _exposure_points(con: duckdb.DuckDBPyConnection, p: dict, now_ts: str, holdo
     """TEMP TABLE xpts: every exposure with its pseudonyms, chunk, logged propensity (null when
     the batch's exposures do not carry the column) and time split. Exposures older than `now`
     minus features.exposure_window_days have split NULL: they stay in every user's campaign
-    history but are no training row, and the split quantiles are taken over the rest.
+    history but are no training row, and the split shares are taken over the rest.
     `holdout_after` (an imported log's holdout chosen at import, pipelines/import_holdout.py): the
     holdout is the exposures after it, train : valid before it as features.split's. Returns
     meta.json's `exposures` report (window, rows used and left out, rows with a propensity, the
@@ -99,21 +99,27 @@ def _exposure_points(con: duckdb.DuckDBPyConnection, p: dict, now_ts: str, holdo
     x_used = "true" if since is None else f"x.{used}"
     has_propensity = "propensity" in {r[0] for r in con.execute("DESCRIBE exposures").fetchall()}
     q_train, q_valid = p["split"]["train"], p["split"]["train"] + p["split"]["valid"]
-    cut = f"""SELECT quantile_disc(exposure_ts, {q_train}) AS t1, quantile_disc(exposure_ts, {q_valid}) AS t2
-              FROM exposures WHERE {used}"""
+    # The split ranks exposures by time, ties broken by their pseudonym: a campaign sent to
+    # everyone at one instant (a platform send) is shared between the splits it straddles, not
+    # all put on one side of a timestamp quantile (which could leave the holdout empty).
+    rank_key = f"exposure_ts, {privacy.pseudonym_sql('exposure_id', 'x')}"
+    ranked = f"""SELECT exposure_id, row_number() OVER (ORDER BY {rank_key}) AS rk, count(*) OVER () AS n
+                 FROM exposures WHERE {used}"""
+    holdout_rule, q1, q2 = "", q_train, q_valid
     if holdout_after is not None:
         t2 = f"TIMESTAMP '{holdout_after.replace('T', ' ')}'"
-        cut = f"""SELECT quantile_disc(exposure_ts, {q_train / q_valid}) AS t1, {t2} AS t2
-                  FROM exposures WHERE {used} AND exposure_ts <= {t2}"""
+        ranked += f" AND exposure_ts <= {t2}"
+        holdout_rule, q1, q2 = f"WHEN x.exposure_ts > {t2} THEN 'holdout'", q_train / q_valid, 1.0
     con.execute(f"""CREATE TEMP TABLE xpts AS
-      WITH cut AS ({cut})
+      WITH ranked AS ({ranked})
       SELECT row_number() OVER () AS point_id, x.exposure_id AS xid, x.user_id, x.exposure_ts AS ts, i.b,
              {privacy.pseudonym_sql('x.exposure_id', 'x')} AS exposure_id, i.ukey AS user_key,
              x.campaign_id, x.variant_id, x.exposure_ts, x.responded, x.revenue,
              {"x.propensity::DOUBLE" if has_propensity else "NULL::DOUBLE"} AS propensity,
-             CASE WHEN NOT ({x_used}) THEN NULL WHEN x.exposure_ts <= cut.t1 THEN 'train'
-                  WHEN x.exposure_ts <= cut.t2 THEN 'valid' ELSE 'holdout' END AS split
-      FROM exposures x CROSS JOIN cut JOIN ids i USING (user_id)""")
+             CASE WHEN NOT ({x_used}) THEN NULL {holdout_rule}
+                  WHEN r.rk <= round({q1} * r.n) THEN 'train'
+                  WHEN r.rk <= round({q2} * r.n) THEN 'valid' ELSE 'holdout' END AS split
+      FROM exposures x LEFT JOIN ranked r USING (exposure_id) JOIN ids i USING (user_id)""")
     total, dropped, known = con.execute("SELECT count(*), count(*) FILTER (WHERE split IS NULL), "
                                         "count(propensity) FILTER (WHERE split IS NOT NULL) FROM xpts").fetchone()
     if total and dropped == total:

@@ -120,16 +120,17 @@ def record(rule: str, how: str, held: np.ndarray, after: pd.Timestamp | None = N
 
 def params_split(ts: np.ndarray, split: dict, spread: bool) -> dict:
     """The record of the params' time split on the imported exposure times (datetime64; NaT rows
-    are quarantined by validate and count on neither side): the rows after the train + valid
-    quantile, as the features step's quantile_disc picks it."""
+    are quarantined by validate and count on neither side): the last 1 − (train + valid) share of
+    the rows by time, as the features step cuts them (it shares rows of one instant between the
+    splits by a hash of the exposure id, so which of those is held out is decided there)."""
     q = float(split["train"]) + float(split["valid"])
     t = ts.astype("datetime64[ms]").astype(np.int64)
     known = ~np.isnat(ts)
     held = np.zeros(len(ts), bool)
     if known.any():
-        s = np.sort(t[known])
-        t2 = s[max(0, math.ceil(len(s) * q - 1e-9) - 1)]
-        held = known & (t > t2)
+        rows = np.flatnonzero(known)
+        by_time = rows[np.argsort(t[known], kind="stable")]
+        held[by_time[math.floor(q * len(rows) + 0.5):]] = True
     how = (f"params features.split: the exposures after the {q:g} quantile of exposure time"
            + (" (times spread by a seeded hash of the user id or row: a random share of the rows)" if spread else ""))
     return record("params", how, held) | {"note": "counted at import; rows validate quarantines shift it"}

@@ -25,6 +25,14 @@ C1 = [
 ]
 
 
+def points(ws) -> pa.Table:
+    """Every exposure row of the features, the train, valid and holdout splits in that order
+    (exposures sent at one instant are shared between the splits)."""
+    fdir = ws / "data/features"
+    return pa.concat_tables([pq.read_table(fdir / f"{s}.parquet") for s in ("train", "valid", "holdout")],
+                            promote_options="default")
+
+
 def write_world(ws, events, exposures, users=("u1", "u2"), campaigns=None):
     vdir = ws / layout.VALIDATED_DIR
     vdir.mkdir(parents=True)
@@ -57,7 +65,7 @@ def test_features_use_only_events_strictly_before_the_exposure(workspace):
     exps = [exposure(1, "u1", "C1-V1", x_ts, 1), exposure(2, "u2", CONTROL, x_ts)]
     write_world(workspace.workspace, before + after, exps)
     meta = features.build(workspace)
-    with_future = pq.read_table(workspace.workspace / "data/features/train.parquet").to_pandas()
+    with_future = points(workspace.workspace).to_pandas()
 
     # Rebuild without the future events: every feature of every exposure must be identical.
     import shutil
@@ -65,7 +73,7 @@ def test_features_use_only_events_strictly_before_the_exposure(workspace):
     # keep the vocabulary identical by keeping c03 in history far before (outside the window)
     write_world(workspace.workspace, before + [ev(9, "u2", "browse", "c03", T0 - timedelta(days=300))], exps)
     features.build(workspace)
-    without = pq.read_table(workspace.workspace / "data/features/train.parquet").to_pandas()
+    without = points(workspace.workspace).to_pandas()
     seq_cols = ("seq_tokens", "seq_gap", "seq_price")
     assert set(profiles.profile_columns([7, 14, 30])) < set(meta["profile_cols"])
     for c in [*seq_cols, *meta["profile_cols"]]:
@@ -159,7 +167,7 @@ def test_scoring_frame_does_not_depend_on_its_chunking(workspace):
     assert one.column("user_id").to_pylist() == sorted(users)
     for chunk_users in (1, 3):
         assert scoring_frames.scoring_frame(con, str(x_ts), meta, chunk_users=chunk_users).equals(one), chunk_users
-    train = pq.read_table(workspace.workspace / "data/features/train.parquet")
+    train = points(workspace.workspace)
     row = one.slice(one.column("user_id").to_pylist().index("u5"), 1)
     for c in ("seq_tokens", "seq_gap", "seq_price", *meta["profile_cols"]):
         assert row.column(c).to_pylist() == train.column(c).to_pylist(), c
@@ -263,3 +271,22 @@ def test_exposure_window_keeps_old_exposures_in_the_history_only(workspace):
     params_path.write_text(yaml.safe_dump(params))
     with pytest.raises(ValueError, match="exposure_window_days=1: every one of the 4 exposures"):
         features.build(Settings(workspace=workspace.workspace, state_dir=workspace.state_dir, env=workspace.env))
+
+
+def test_a_campaign_sent_at_one_instant_is_shared_between_the_splits(workspace):
+    """The platform sends a campaign to everyone at its start: 40 exposures at one timestamp after
+    60 older ones. A timestamp quantile would put the whole send on one side (the holdout was
+    empty); the rank cut gives every split its share, the send itself straddling valid and holdout."""
+    users = [f"u{i}" for i in range(100)]
+    old = [exposure(i, users[i], "C1-V1" if i % 2 else CONTROL, T0 + timedelta(days=1, minutes=i)) for i in range(60)]
+    send = [exposure(60 + i, users[60 + i], "C1-V2" if i % 3 else CONTROL, T0 + timedelta(days=3)) for i in range(40)]
+    write_world(workspace.workspace, [ev(1, "u1", "browse", "c01", T0)], old + send, users=users)
+    meta = features.build(workspace)
+    assert meta["rows"] == {"train": 70, "valid": 15, "holdout": 15}
+    fdir = workspace.workspace / "data/features"
+    hold = pq.read_table(fdir / "holdout.parquet").column("exposure_ts").to_pylist()
+    assert set(hold) == {T0 + timedelta(days=3)}
+    # The same salt gives the same split: a rebuild is identical.
+    first = {s: pq.read_table(fdir / f"{s}.parquet").column("exposure_id").to_pylist() for s in ("valid", "holdout")}
+    features.build(workspace)
+    assert {s: pq.read_table(fdir / f"{s}.parquet").column("exposure_id").to_pylist() for s in ("valid", "holdout")} == first

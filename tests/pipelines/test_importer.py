@@ -581,18 +581,20 @@ def test_holdout_options_are_one_of_and_checked():
 
 
 def test_params_split_counts_the_rows_duckdb_holds_out():
-    """Without a chosen holdout the record counts what features' quantile_disc cut holds out."""
+    """Without a chosen holdout the record counts what the features step's rank cut holds out
+    (the last 1 − (train + valid) share by time), ties at one instant included."""
     import duckdb
 
     rng = np.random.default_rng(3)
-    for n in (7, 100, 1001):
-        ts = (np.datetime64("2024-01-01T00:00:00", "ms") + rng.integers(0, 10**9, n).astype("timedelta64[ms]"))
+    for n, spread in ((7, 10**9), (100, 10**9), (1001, 10**9), (500, 3)):   # the last: nearly all ties
+        ts = (np.datetime64("2024-01-01T00:00:00", "ms") + rng.integers(0, spread, n).astype("timedelta64[ms]"))
         ts[0] = np.datetime64("NaT")
         rec = import_holdout.params_split(ts, {"train": 0.7, "valid": 0.15}, spread=True)
         con = duckdb.connect()
         con.register("x", pd.DataFrame({"t": ts}))
-        want = con.execute("SELECT count(*) FROM x WHERE t > (SELECT quantile_disc(t, 0.85) FROM x)").fetchone()[0]
-        assert rec["rows"] == want and rec["rule"] == "params" and "after" not in rec
+        want = con.execute("""SELECT count(*) FROM (SELECT row_number() OVER (ORDER BY t) AS rk, count(*) OVER () AS n
+                              FROM x WHERE t IS NOT NULL) WHERE rk > round(0.85 * n)""").fetchone()[0]
+        assert rec["rows"] == want > 0 and rec["rule"] == "params" and "after" not in rec
 
 
 def test_imported_holdout_is_the_features_holdout_without_editing_params(new_log_mapping, workspace, monkeypatch):

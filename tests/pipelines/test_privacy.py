@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from campaignops.pipelines import features, layout, privacy, scoring_frames
 from campaignops.validation.contract import CONTROL
 
-from test_features import T0, ev, exposure, write_world
+from test_features import T0, ev, exposure, points, write_world
 
 RAW_IDS = ("user-alpha", "user-bravo", "exp-0001", "exp-0002")
 
@@ -51,7 +51,7 @@ def test_persisted_features_hold_no_raw_ids_no_salt_and_no_raw_pii(workspace, mo
                 blob += "\n".join(str(v) for v in t.column(name).to_pylist()).encode()
     for raw in (*RAW_IDS, "s3cr3t-salt-value"):
         assert raw.encode() not in blob, raw
-    train = pq.read_table(fdir / "train.parquet").to_pylist()
+    train = points(workspace.workspace).to_pylist()
     assert {r["user_id"] for r in train} == {privacy.pseudonymize("s3cr3t-salt-value", u, "u") for u in RAW_IDS[:2]}
     assert {r["exposure_id"] for r in train} == {privacy.pseudonymize("s3cr3t-salt-value", x, "x") for x in RAW_IDS[2:]}
     assert meta["ids"]["pseudonymized"] and "s3cr3t" not in json.dumps(meta)
@@ -63,12 +63,12 @@ def test_same_salt_same_pseudonyms_other_salt_other_pseudonyms(workspace, monkey
     _world(workspace.workspace)
     monkeypatch.setenv(privacy.SALT_ENV, "a")
     features.build(workspace)
-    a = pq.read_table(workspace.workspace / "data/features/train.parquet").column("user_id").to_pylist()
+    a = points(workspace.workspace).column("user_id").to_pylist()
     features.build(workspace)
-    assert pq.read_table(workspace.workspace / "data/features/train.parquet").column("user_id").to_pylist() == a
+    assert points(workspace.workspace).column("user_id").to_pylist() == a
     monkeypatch.setenv(privacy.SALT_ENV, "b")
     features.build(workspace)
-    b = pq.read_table(workspace.workspace / "data/features/train.parquet").column("user_id").to_pylist()
+    b = points(workspace.workspace).column("user_id").to_pylist()
     assert set(a).isdisjoint(b)
 
 
