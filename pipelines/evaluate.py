@@ -217,11 +217,12 @@ def run(settings: Settings) -> dict:
     thresholds = settings.params["evaluate"]
     baselines, vs_baselines = baseline_metrics(ws / layout.MODEL_DIR / "baselines", candidate_model.meta, x_holdout,
                                                frame, truth, candidate_choice, thresholds)
-    champion, champion_version = None, None
+    champion, champion_version, champion_logged = None, None, None
     client = mlflow.MlflowClient()
     try:
         mv = client.get_model_version_by_alias(model_name, "champion")
         champion_version = str(mv.version)
+        champion_logged = client.get_run(mv.run_id).data.metrics if mv.run_id else None
         champ_model = mlflow.pyfunc.load_model(f"models:/{model_name}@champion").unwrap_python_model()
         champion = holdout_metrics(frame, predict_expanded(champ_model, expanded), truth)
     except mlflow.exceptions.MlflowException as exc:
@@ -234,16 +235,24 @@ def run(settings: Settings) -> dict:
         passed = False
         reasons.append(f"candidate trails baselines by more than {thresholds['baseline_tolerance_sd']} sd: "
                        + ", ".join(behind))
+    from campaignops.pipelines import new_campaigns   # campaigns the candidate's recipe never saw
+
+    unseen = new_campaigns.run(settings, new_campaigns.refit(settings, candidate_model.meta), truth)
+    unseen_reasons = new_campaigns.gate_reasons(unseen, champion_logged, new_campaigns.config(settings))
+    if unseen_reasons:
+        passed = False
+        reasons += unseen_reasons
     references = reference_uplift(settings, candidate_model.meta, expanded, frame, p_candidate)
     report = {"run_id": record["run_id"], "model_uri": record["model_uri"], "candidate": candidate,
               "champion": champion, "champion_version": champion_version, "passed": passed,
               "reasons": reasons, "thresholds": thresholds, "baselines": baselines, "vs_baselines": vs_baselines,
-              "uplift_references": references}
+              "uplift_references": references, "new_campaigns": unseen}
     with mlflow.start_run(run_id=record["run_id"]):
         mlflow.log_metrics({f"holdout_{k}": v for k, v in candidate.items() if np.isfinite(v)})
         for name, res in baselines.items():
             mlflow.log_metrics({f"baseline_{name}.{k}": v for k, v in res.items() if np.isfinite(v)})
         mlflow.log_metrics(reference_metrics_flat(references))
+        mlflow.log_metrics(new_campaigns.flat_metrics(unseen))
         mlflow.set_tag("gate.passed", str(passed))
         for name, v in vs_baselines.items():
             mlflow.log_metrics({f"baseline_{name}.candidate_lead": v["lead"],

@@ -295,6 +295,10 @@ def render_html(evaluation: dict, figs: dict[str, bytes], segments: list[dict], 
                   f"<h3>Predicted vs actual on {forecast['matched_exposures']} exposures whose logged arm "
                   "equals the chosen arm</h3>",
                   _table([{"metric": k, **v} for k, v in forecast["predicted_vs_actual"].items()])]
+    if (evaluation.get("new_campaigns") or {}).get("campaigns"):
+        from campaignops.pipelines.new_campaigns import html_section
+
+        parts.append(html_section(evaluation["new_campaigns"]))
     parts.append("</body></html>")
     return "\n".join(parts)
 

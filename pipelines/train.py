@@ -66,12 +66,71 @@ def seed_everything(seed: int) -> None:
         pass
 
 
+def uplift_validation(every_arm, meta: dict) -> tuple:
+    """(encoded inputs, frame) of the validation exposures under every arm: early stopping on val_qini."""
+    from campaignops.models.inputs import encode
+
+    return encode(every_arm, meta), every_arm.select(
+        ["exposure_id", "campaign_id", "variant_id", "arm_id", "responded"]).to_pandas()
+
+
+def fit_members(params: dict, meta: dict, train: tuple, valid: tuple, uplift_valid: tuple | None = None):
+    """The recipe's network(s) on encoded (inputs, responded, revenue / revenue_scale, weights)
+    of train and valid: train.ensemble networks fitted with seeds seed, seed+1, ... and averaged.
+    Returns (model, histories, seconds)."""
+    from campaignops.models.uplift_net import average, build_model, fit_network
+
+    x_train, y_train, r_train, w_train = train
+    x_valid, y_valid, r_valid, w_valid = valid
+    n_members = int(params.get("ensemble", 1))
+    if n_members < 1:
+        raise ValueError(f"params train.ensemble: need >= 1 network, got {n_members}")
+    members, histories = [], []
+    t0 = time.perf_counter()
+    for i in range(n_members):
+        seed_everything(int(params["seed"]) + i)
+        member = build_model(meta, params, x_train["profile"].shape[1], x_train["variant"].shape[1],
+                             name=f"campaign_response_{i}" if n_members > 1 else None)
+        member.get_layer("profile_norm").adapt(x_train["profile"])
+        member_params = {**params, "verbose": 2, "seed": int(params["seed"]) + i}  # own batch order too
+        histories.append(fit_network(member, member_params, x_train, y_train, r_train,
+                                     x_valid, y_valid, r_valid, uplift_valid, w_train, w_valid))
+        members.append(member)
+    return average(members), histories, time.perf_counter() - t0
+
+
+def fit_tables(params: dict, meta: dict, train, valid, valid_every_arm=None):
+    """The recipe fitted on Arrow tables of exposures (as load_split's), in process and not
+    logged: a CampaignResponseModel ready for predict_arrays. Leave-campaign-out evaluation
+    (pipelines/new_campaigns.py) refits with it on the splits minus one campaign."""
+    from campaignops.models.inputs import encode
+    from campaignops.models.pyfunc import CampaignResponseModel
+
+    rev_train, rev_valid = train.column("revenue").to_numpy(), valid.column("revenue").to_numpy()
+    revenue_scale = float(rev_train[rev_train > 0].mean()) if (rev_train > 0).any() else 1.0
+    meta = {**meta, "revenue_scale": revenue_scale}
+    uplift_valid = None
+    if params.get("early_stopping_monitor") == "val_qini":
+        if valid_every_arm is None:
+            raise ValueError("early_stopping_monitor val_qini needs the validation rows under every arm")
+        uplift_valid = uplift_validation(valid_every_arm, meta)
+    model = fit_members(params, meta,
+                        (encode(train, meta), train.column("responded").to_numpy().astype(np.float32),
+                         rev_train / revenue_scale, exposure_weights(logged_policy(train), params)[0]),
+                        (encode(valid, meta), valid.column("responded").to_numpy().astype(np.float32),
+                         rev_valid / revenue_scale, exposure_weights(logged_policy(valid), params)[0]),
+                        uplift_valid)[0]
+    fitted = CampaignResponseModel()
+    fitted.model, fitted.meta = model, meta
+    return fitted
+
+
 def run(settings: Settings) -> dict:
     from campaignops.models.inputs import arm_target_vocabulary, encode
     from campaignops.models.metrics import auc, log_loss
     from campaignops.models.pyfunc import CampaignResponseModel
     from campaignops.models.baselines import save_all, train_baselines
-    from campaignops.models.uplift_net import average, build_model, fit_network, predict
+    from campaignops.models.uplift_net import predict
     from campaignops.pipelines import tracking
 
     params = settings.params["train"]
@@ -80,7 +139,6 @@ def run(settings: Settings) -> dict:
     meta = json.loads((fdir / "meta.json").read_text())
     meta["arm_targets"] = arm_target_vocabulary(pq.read_table(fdir / "arms.parquet"))
     seed_everything(int(params["seed"]))
-
     x_train, y_train, rev_train, logged = training_arrays(settings, "train", meta)   # the table is not kept
     w_train, weight_metrics = exposure_weights(logged, params)
     valid = load_split(settings, "valid")
@@ -90,30 +148,13 @@ def run(settings: Settings) -> dict:
     revenue_scale = float(rev_train[rev_train > 0].mean()) if (rev_train > 0).any() else 1.0
     meta = {**meta, "revenue_scale": revenue_scale}
 
-    # train.ensemble: that many networks fitted with seeds seed, seed+1, ..., averaged into one model.
-    n_members = int(params.get("ensemble", 1))
-    if n_members < 1:
-        raise ValueError(f"params train.ensemble: need >= 1 network, got {n_members}")
     rev_valid = valid.column("revenue").to_numpy()
     uplift_valid = None
     if params.get("early_stopping_monitor") == "val_qini":  # validation exposures under every arm
-        arms_valid = load_split(settings, "valid", every_arm=True)
-        uplift_valid = (encode(arms_valid, meta), arms_valid.select(
-            ["exposure_id", "campaign_id", "variant_id", "arm_id", "responded"]).to_pandas())
-    members, histories = [], []
-    t0 = time.perf_counter()
-    for i in range(n_members):
-        if i:
-            seed_everything(int(params["seed"]) + i)
-        member = build_model(meta, params, x_train["profile"].shape[1], x_train["variant"].shape[1],
-                             name=f"campaign_response_{i}" if n_members > 1 else None)
-        member.get_layer("profile_norm").adapt(x_train["profile"])
-        member_params = {**params, "verbose": 2, "seed": int(params["seed"]) + i}  # own batch order too
-        histories.append(fit_network(member, member_params, x_train, y_train, rev_train / revenue_scale,
-                                     x_valid, y_valid, rev_valid / revenue_scale, uplift_valid, w_train, w_valid))
-        members.append(member)
-    train_seconds = time.perf_counter() - t0
-    model, history = average(members), histories[0]
+        uplift_valid = uplift_validation(load_split(settings, "valid", every_arm=True), meta)
+    model, histories, train_seconds = fit_members(params, meta, (x_train, y_train, rev_train / revenue_scale, w_train),
+                                                  (x_valid, y_valid, rev_valid / revenue_scale, w_valid), uplift_valid)
+    history = histories[0]
     epochs = sum(len(h.history["loss"]) for h in histories)
     p_valid = predict(model, x_valid)[0]
     metrics = {
@@ -123,7 +164,7 @@ def run(settings: Settings) -> dict:
         "train_rows_per_s": len(y_train) * epochs / train_seconds,
         "train_rows": len(y_train),
         "epochs_run": epochs,
-        "ensemble_members": n_members,
+        "ensemble_members": len(histories),
         "exposures_outside_window": int((meta.get("exposures") or {}).get("outside_window", 0)),
         **weight_metrics,   # weights.min / max / ess / ess_share / null_propensity_rows / clipped_rows
     }

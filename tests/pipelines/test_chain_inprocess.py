@@ -20,6 +20,7 @@ def chain_env(workspace, monkeypatch, tmp_path):
     params = yaml.safe_load((workspace.workspace / "params.yaml").read_text())
     params["train"]["epochs"] = 2
     params["evaluate"].update(min_auc=0.0, max_logloss=10.0, min_qini=-10.0, min_policy_value_fraction=-10.0)
+    params["evaluate"]["new_campaigns"].update(campaigns=1, min_share_of_oracle=None)
     (workspace.workspace / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     for k, v in workspace.env.items():
@@ -51,6 +52,20 @@ def test_chain_registers_a_champion_and_scores_every_user(chain_env):
         assert v["sd"] > 0 or v["lead"] == 0          # no spread only when both pick the same arms
         assert v["lead"] == pytest.approx(ev["candidate"]["policy_value_true"]
                                           - ev["baselines"][name]["policy_value_true"], abs=1e-12)
+    # Leave-campaign-out: the newest campaign predicted by a refit that never saw it, in the
+    # report and logged to the run for the next candidate's gate.
+    unseen = ev["new_campaigns"]
+    (left_out,) = unseen["left_out"]
+    figs = unseen["campaigns"][left_out]
+    assert figs["exposures"] > 0 and figs["arms"] and 0 <= figs["targeting"]["sends"] <= figs["exposures"]
+    for arm in figs["arms"].values():
+        r = arm["incremental_responses"]
+        assert np.isfinite(r["forecast"]) and np.isfinite(r["truth"]) and r["actual_se"] > 0
+    import mlflow
+
+    logged_metrics = mlflow.MlflowClient().get_run(ev["run_id"]).data.metrics
+    assert logged_metrics["new_campaigns.share_of_oracle"] == pytest.approx(unseen["pooled"]["share_of_oracle"])
+    assert "New campaigns: each left out" in (settings.workspace / "reports/evaluation.html").read_text()
     first = promote.run(settings)
     assert first["promoted"] and first["champion_version"] is not None
 
@@ -101,8 +116,6 @@ def test_chain_registers_a_champion_and_scores_every_user(chain_env):
 
     # Re-evaluating the same candidate reuses the verdict logged to its run (nothing re-logged);
     # promote then finds it already champion; a retrain promotes v2; rollback brings v1 back.
-    import mlflow
-
     client = mlflow.MlflowClient()
     logged = [f.path for f in client.list_artifacts(ev["run_id"], "evaluation")]
     again = evaluate.run(settings)
