@@ -2,34 +2,54 @@
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import yaml
 
 from campaignops.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def store(workspace):
-    """An ObjectStore on an in-process S3 (moto) with the workspace's bucket."""
+TEST_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+
+
+def project_settings(ws: Path, edit=None) -> Settings:
+    """Settings on workspace `ws` with the project's params.yaml, changed first by `edit(params)`."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    if edit is not None:
+        edit(params)
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
+    return Settings(workspace=ws, state_dir=ws / ".state", env=dict(TEST_ENV))
+
+
+@contextmanager
+def moto_store(settings: Settings, store_class=None):
+    """An ObjectStore (or `store_class`) on an in-process S3 (moto) holding the settings' bucket."""
     import boto3
     from moto import mock_aws
 
     from campaignops.pipelines.storage import ObjectStore
 
     with mock_aws():
-        s = ObjectStore(workspace, client=boto3.client("s3", region_name="us-east-1"))
+        s = (store_class or ObjectStore)(settings, client=boto3.client("s3", region_name="us-east-1"))
         s.ensure_bucket()
+        yield s
+
+
+@pytest.fixture
+def store(workspace):
+    """An ObjectStore on an in-process S3 (moto) with the workspace's bucket."""
+    with moto_store(workspace) as s:
         yield s
 
 
 @pytest.fixture
 def workspace(tmp_path: Path) -> Settings:
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    return Settings(workspace=tmp_path, state_dir=tmp_path / ".state",
-                    env={"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"})
+    return Settings(workspace=tmp_path, state_dir=tmp_path / ".state", env=dict(TEST_ENV))
 
 
 def _arm_frame(n: int = 400, seed: int = 0, campaigns: tuple[str, ...] = ("C",)):

@@ -4,21 +4,16 @@ the model is wrong about a variant and when it is right."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import boto3
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from moto import mock_aws
 
 from campaignops.config import Settings
+from conftest import moto_store, project_settings
 from campaignops.pipelines import adjust, adjust_sim, allocations
 from campaignops.pipelines import adjust_policy as policy
-from campaignops.pipelines.storage import ObjectStore
 
-ROOT = Path(__file__).resolve().parents[2]
 USERS, SEED, DAY = 3000, 7, 1        # campaign C006 starts on day 1 of the simulation
 
 
@@ -98,18 +93,13 @@ def test_draws_follow_the_distribution():
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory) -> Settings:
-    ws = tmp_path_factory.mktemp("ws")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"]["sim"].update(start_date="2026-06-01", days=14, outcome_delay_days=1, new_users_per_day=0.004)
-    (ws / "params.yaml").write_text(yaml.safe_dump(params))
-    return Settings(workspace=ws, state_dir=ws / ".state", env={"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"})
+    return project_settings(tmp_path_factory.mktemp("ws"), lambda p: p["data"]["sim"].update(
+        start_date="2026-06-01", days=14, outcome_delay_days=1, new_users_per_day=0.004))
 
 
 @pytest.fixture(scope="module")
 def store(settings):
-    with mock_aws():
-        s = ObjectStore(settings, client=boto3.client("s3", region_name="us-east-1"))
-        s.ensure_bucket()
+    with moto_store(settings) as s:
         yield s
 
 

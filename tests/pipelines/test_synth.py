@@ -2,23 +2,19 @@
 that rewards targeting (oracle ≫ control, no fixed arm is the oracle, recent behaviour matters)."""
 from __future__ import annotations
 
-from pathlib import Path
 
-import boto3
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-import yaml
-from moto import mock_aws
 
 from campaignops.config import Settings
+from conftest import moto_store, project_settings
 from campaignops.pipelines import layout, sim_world, synth
 from campaignops.pipelines.storage import ObjectStore
 from campaignops.validation.contract import ALL_TABLES as TABLES  # the synthetic world writes the optional table too
 from campaignops.validation.contract import CHANNELS, CONTROL, EVENT_TYPES, SCHEMAS, TRUTH_SCHEMA
 
-ROOT = Path(__file__).resolve().parents[2]
 USERS, CHUNK, SEED = 2000, 1000, 11
 
 
@@ -44,19 +40,14 @@ class RecordingStore(ObjectStore):
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory) -> Settings:
-    ws = tmp_path_factory.mktemp("ws")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"].update(crm_attributes=True, channel_coverage=True)   # every table and option exercised
-    (ws / "params.yaml").write_text(yaml.safe_dump(params))
-    return Settings(workspace=ws, state_dir=ws / ".state",
-                    env={"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"})
+    # every table and option exercised
+    return project_settings(tmp_path_factory.mktemp("ws"),
+                            lambda p: p["data"].update(crm_attributes=True, channel_coverage=True))
 
 
 @pytest.fixture(scope="module")
 def store(settings):
-    with mock_aws():
-        s = RecordingStore(settings, client=boto3.client("s3", region_name="us-east-1"))
-        s.ensure_bucket()
+    with moto_store(settings, RecordingStore) as s:
         yield s
 
 

@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
-import boto3
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-import yaml
-from moto import mock_aws
 
 from campaignops.config import Settings
+from conftest import moto_store, project_settings
 from campaignops.pipelines import layout, synth
 from campaignops.pipelines.run_commit import RunWriter
-from campaignops.pipelines.storage import ObjectStore
 from campaignops.validation.contract import CONTROL, SCHEMAS
 
-ROOT = Path(__file__).resolve().parents[2]
 USERS, CHUNK, SEED = 1500, 500, 5
 START = pd.Timestamp("2026-06-01")
 
@@ -31,19 +26,15 @@ def day(k: int) -> str:
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory) -> Settings:
-    ws = tmp_path_factory.mktemp("ws")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"].update(crm_attributes=True)
-    params["data"]["sim"].update(start_date=str(START.date()), days=14, outcome_delay_days=1, new_users_per_day=0.004)
-    (ws / "params.yaml").write_text(yaml.safe_dump(params))
-    return Settings(workspace=ws, state_dir=ws / ".state", env={"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"})
+    def edit(params):
+        params["data"].update(crm_attributes=True)
+        params["data"]["sim"].update(start_date=str(START.date()), days=14, outcome_delay_days=1, new_users_per_day=0.004)
+    return project_settings(tmp_path_factory.mktemp("ws"), edit)
 
 
 @pytest.fixture(scope="module")
 def store(settings):
-    with mock_aws():
-        s = ObjectStore(settings, client=boto3.client("s3", region_name="us-east-1"))
-        s.ensure_bucket()
+    with moto_store(settings) as s:
         yield s
 
 
@@ -110,10 +101,7 @@ def _digest(t: pa.Table) -> str:
 def test_undated_batch_is_unchanged(tmp_path):
     ws = tmp_path / "ws"
     ws.mkdir()
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"].update(crm_attributes=True, channel_coverage=True)
-    (ws / "params.yaml").write_text(yaml.safe_dump(params))
-    s = Settings(workspace=ws, state_dir=ws / ".state", env={})
+    s = project_settings(ws, lambda p: p["data"].update(crm_attributes=True, channel_coverage=True))
     local = synth.LocalStore(tmp_path / "s3")
     m = synth.generate(s, users=300, seed=3, batch="d", store=local, progress=False, chunk_size=200)
     got = {t: _digest(pa.concat_tables([local.read_table(k) for k in v["files"]])) for t, v in m["tables"].items()}
