@@ -3,6 +3,7 @@ DVC stages and Airflow tasks. Heavy libraries load inside the subcommand that ne
 from __future__ import annotations
 
 import json
+import sys
 from typing import Optional
 
 import typer
@@ -16,7 +17,7 @@ stack_app = typer.Typer(help="The embedded local stack (S3, MLflow, Airflow)", n
 data_app = typer.Typer(help="Raw data: synthetic generation and imports", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 app.add_typer(data_app, name="data")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 180)  # logs keep the tables readable
 
 
 def _print(result) -> None:

@@ -11,6 +11,7 @@ It then prints the loop's figures per day (`campaignops history`). Days that alr
 not generated again, so a second `make demo` changes nothing and prints the same history."""
 from __future__ import annotations
 
+import sys
 import time
 from datetime import date, timedelta
 
@@ -19,7 +20,7 @@ from rich.table import Table
 
 from campaignops.config import load_settings
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 180)  # logs keep the tables readable
 
 
 def wait_run(client, dag_id: str, run_id: str, timeout: float) -> str:
