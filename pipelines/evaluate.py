@@ -26,14 +26,19 @@ from campaignops.pipelines.storage import write_json
 from campaignops.validation.contract import CONTROL
 
 
+def truth_column(frame: pd.DataFrame, truth: pd.DataFrame, column: str) -> np.ndarray:
+    """The truth's `column` (p_response, expected_revenue) of each (exposure, arm) row of `frame`."""
+    return frame[["exposure_id", "arm_id"]].merge(
+        truth.rename(columns={"variant_id": "arm_id"})[["exposure_id", "arm_id", column]],
+        on=["exposure_id", "arm_id"], how="left")[column].to_numpy(dtype=np.float64)
+
+
 def true_response(frame: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
     """The true response probability of each (exposure, arm) row of `frame` (synthetic worlds):
     its `p_true` column when `attach_truth` added one (subsets keep it), else looked up in truth."""
     if "p_true" in frame:
         return frame["p_true"].to_numpy(dtype=np.float64)
-    return frame[["exposure_id", "arm_id"]].merge(
-        truth.rename(columns={"variant_id": "arm_id"})[["exposure_id", "arm_id", "p_response"]],
-        on=["exposure_id", "arm_id"], how="left")["p_response"].to_numpy(dtype=np.float64)
+    return truth_column(frame, truth, "p_response")
 
 
 def attach_truth(frame: pd.DataFrame, truth: pd.DataFrame | None) -> pd.DataFrame:

@@ -131,6 +131,6 @@ def params_split(ts: np.ndarray, split: dict, spread: bool) -> dict:
         rows = np.flatnonzero(known)
         by_time = rows[np.argsort(t[known], kind="stable")]
         held[by_time[math.floor(q * len(rows) + 0.5):]] = True
-    how = (f"params features.split: the exposures after the {q:g} quantile of exposure time"
+    how = (f"params features.split: the last {1 - q:g} of the exposures by time"
            + (" (times spread by a seeded hash of the user id or row: a random share of the rows)" if spread else ""))
     return record("params", how, held) | {"note": "counted at import; rows validate quarantines shift it"}

@@ -197,7 +197,7 @@ def run(settings: Settings, fit, truth: pd.DataFrame | None) -> dict:
     model with `predict_arrays(encoded)` and `meta`, and score the campaign. Returns {config,
     left_out, campaigns, pooled}; empty figures when evaluate.new_campaigns.campaigns is 0."""
     from campaignops.models.inputs import encode
-    from campaignops.pipelines.evaluate import attach_truth
+    from campaignops.pipelines.evaluate import attach_truth, truth_column
     from campaignops.pipelines.train import load_split
 
     cfg = config(settings)
@@ -207,18 +207,23 @@ def run(settings: Settings, fit, truth: pd.DataFrame | None) -> dict:
     plain = {s: load_split(settings, s) for s in SPLITS}
     chosen = campaigns_to_leave_out(plain, cfg["campaigns"], cfg["min_exposures"])
     report["left_out"] = chosen
+    # Each split under every arm is read once; only the chosen campaigns' rows are kept, plus the
+    # whole valid split when early stopping needs it (val_qini).
     needs_arms = settings.params["train"].get("early_stopping_monitor") == "val_qini"
+    expanded_splits = {s: load_split(settings, s, every_arm=True) for s in SPLITS}
+    valid_every_arm = expanded_splits["valid"] if needs_arms else None
+    scored = pa.concat_tables([t.filter(pc.is_in(t.column("campaign_id"), value_set=pa.array(chosen, pa.string())))
+                               for t in expanded_splits.values()], promote_options="default")
+    del expanded_splits
     for campaign in chosen:
         log.info("leave-campaign-out: refit without %s", campaign)
-        valid_arms = without(load_split(settings, "valid", every_arm=True), campaign) if needs_arms else None
-        model = fit(without(plain["train"], campaign), without(plain["valid"], campaign), valid_arms)
-        parts = [only(load_split(settings, s, every_arm=True), campaign) for s in SPLITS]
-        expanded = pa.concat_tables(parts, promote_options="default")
+        model = fit(without(plain["train"], campaign), without(plain["valid"], campaign),
+                    None if valid_every_arm is None else without(valid_every_arm, campaign))
+        expanded = only(scored, campaign)
         cols = FRAME_COLUMNS + ["propensity"] * ("propensity" in expanded.column_names)
         frame = attach_truth(expanded.select(cols).to_pandas(), truth)
         if truth is not None and "expected_revenue" in truth:
-            frame = frame.merge(truth.rename(columns={"variant_id": "arm_id", "expected_revenue": "revenue_true"})
-                                [["exposure_id", "arm_id", "revenue_true"]], on=["exposure_id", "arm_id"], how="left")
+            frame = frame.assign(revenue_true=truth_column(frame, truth, "expected_revenue"))
         p, revenue = model.predict_arrays(encode(expanded, model.meta))
         report["campaigns"][campaign] = campaign_figures(frame, p, revenue, cfg["send_share"])
     report["pooled"] = pooled(report["campaigns"])

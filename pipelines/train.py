@@ -66,6 +66,11 @@ def seed_everything(seed: int) -> None:
         pass
 
 
+def revenue_scale(revenue: np.ndarray) -> float:
+    """The mean positive revenue of the training rows: the revenue head learns revenue / it."""
+    return float(revenue[revenue > 0].mean()) if (revenue > 0).any() else 1.0
+
+
 def uplift_validation(every_arm, meta: dict) -> tuple:
     """(encoded inputs, frame) of the validation exposures under every arm: early stopping on val_qini."""
     from campaignops.models.inputs import encode
@@ -107,8 +112,7 @@ def fit_tables(params: dict, meta: dict, train, valid, valid_every_arm=None):
     from campaignops.models.pyfunc import CampaignResponseModel
 
     rev_train, rev_valid = train.column("revenue").to_numpy(), valid.column("revenue").to_numpy()
-    revenue_scale = float(rev_train[rev_train > 0].mean()) if (rev_train > 0).any() else 1.0
-    meta = {**meta, "revenue_scale": revenue_scale}
+    meta = {**meta, "revenue_scale": revenue_scale(rev_train)}
     uplift_valid = None
     if params.get("early_stopping_monitor") == "val_qini":
         if valid_every_arm is None:
@@ -116,9 +120,9 @@ def fit_tables(params: dict, meta: dict, train, valid, valid_every_arm=None):
         uplift_valid = uplift_validation(valid_every_arm, meta)
     model = fit_members(params, meta,
                         (encode(train, meta), train.column("responded").to_numpy().astype(np.float32),
-                         rev_train / revenue_scale, exposure_weights(logged_policy(train), params)[0]),
+                         rev_train / meta["revenue_scale"], exposure_weights(logged_policy(train), params)[0]),
                         (encode(valid, meta), valid.column("responded").to_numpy().astype(np.float32),
-                         rev_valid / revenue_scale, exposure_weights(logged_policy(valid), params)[0]),
+                         rev_valid / meta["revenue_scale"], exposure_weights(logged_policy(valid), params)[0]),
                         uplift_valid)[0]
     fitted = CampaignResponseModel()
     fitted.model, fitted.meta = model, meta
@@ -138,22 +142,20 @@ def run(settings: Settings) -> dict:
     fdir = ws / layout.FEATURES_DIR
     meta = json.loads((fdir / "meta.json").read_text())
     meta["arm_targets"] = arm_target_vocabulary(pq.read_table(fdir / "arms.parquet"))
-    seed_everything(int(params["seed"]))
     x_train, y_train, rev_train, logged = training_arrays(settings, "train", meta)   # the table is not kept
     w_train, weight_metrics = exposure_weights(logged, params)
     valid = load_split(settings, "valid")
     w_valid = exposure_weights(logged_policy(valid), params)[0]
     x_valid = encode(valid, meta)
     y_valid = valid.column("responded").to_numpy().astype(np.float32)
-    revenue_scale = float(rev_train[rev_train > 0].mean()) if (rev_train > 0).any() else 1.0
-    meta = {**meta, "revenue_scale": revenue_scale}
-
+    meta = {**meta, "revenue_scale": revenue_scale(rev_train)}
+    scale = meta["revenue_scale"]
     rev_valid = valid.column("revenue").to_numpy()
     uplift_valid = None
     if params.get("early_stopping_monitor") == "val_qini":  # validation exposures under every arm
         uplift_valid = uplift_validation(load_split(settings, "valid", every_arm=True), meta)
-    model, histories, train_seconds = fit_members(params, meta, (x_train, y_train, rev_train / revenue_scale, w_train),
-                                                  (x_valid, y_valid, rev_valid / revenue_scale, w_valid), uplift_valid)
+    model, histories, train_seconds = fit_members(params, meta, (x_train, y_train, rev_train / scale, w_train),
+                                                  (x_valid, y_valid, rev_valid / scale, w_valid), uplift_valid)
     history = histories[0]
     epochs = sum(len(h.history["loss"]) for h in histories)
     p_valid = predict(model, x_valid)[0]
@@ -174,8 +176,8 @@ def run(settings: Settings) -> dict:
 
     rows = sample_indices(len(y_train), params.get("baseline_max_rows"), int(params["seed"]))
     xb = {k: v[rows] for k, v in x_train.items()}
-    baselines = train_baselines(params.get("baselines", []), xb, y_train[rows], rev_train[rows] / revenue_scale,
-                                x_valid, y_valid, rev_valid / revenue_scale, meta, params, int(params["seed"]),
+    baselines = train_baselines(params.get("baselines", []), xb, y_train[rows], rev_train[rows] / scale,
+                                x_valid, y_valid, rev_valid / scale, meta, params, int(params["seed"]),
                                 None if w_train is None else w_train[rows], w_valid)
     metrics["baseline_train_rows"] = int(len(rows))
     for name, (bm, seconds) in baselines.items():
