@@ -197,14 +197,52 @@ def drift(stage: str = typer.Option(..., help="train: the new features before tr
 
 
 @app.command()
-def evaluate() -> None:
+def evaluate(crossfit: Optional[int] = typer.Option(
+                 None, "--crossfit", metavar="K",
+                 help="instead: cross-fit K folds of the features' exposures (network recipe and baselines refitted "
+                      "per fold, params evaluate.crossfit); per-fold and pooled out-of-fold Qini to reports/crossfit/"),
+             mlflow: Optional[bool] = typer.Option(
+                 None, "--mlflow/--no-mlflow",
+                 help="with --crossfit: log a `crossfit` MLflow run (default: params evaluate.crossfit.mlflow; "
+                      "auto = when a tracking server is configured)")) -> None:
     """Compare candidate and champion on the holdout; write reports/evaluation.json."""
+    if crossfit is not None:
+        _crossfit(crossfit, mlflow)
+        return
     from campaignops.pipelines import evaluate as step
 
     report = step.run(load_settings())
     _print(report)
     if not report["passed"]:
         console.print(f"[yellow]gate failed:[/] {'; '.join(report['reasons'])}")
+
+
+def _crossfit(k: int, mlflow: Optional[bool]) -> None:
+    import logging
+
+    from rich.logging import RichHandler
+    from rich.markup import escape
+
+    from campaignops.pipelines import crossfit as step
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    logging.getLogger("campaignops").setLevel(logging.INFO)   # one line per fold
+    try:
+        report = step.run(load_settings(), k=k, mlflow=mlflow)
+    except (ValueError, FileNotFoundError) as exc:   # bad params / k, or no features built yet
+        console.print(f"[red]crossfit refused:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2)
+    cfg = report["config"]
+    table = Table("model", "arm", "Qini per fold (mean ± sd)", "pooled raw", f"pooled calibrated ({cfg['calibration']})",
+                  title=f"cross-fitted Qini, {cfg['k']} folds of {report['users']} users ({report['exposures']} "
+                        f"exposures); random-ranking sd {report['random_qini_sd']:.4f}")
+    for row in step.table_rows(report):
+        table.add_row(*row, end_section=row[1] == "all arms (mean)")
+    console.print(table)
+    for key, path in report["outputs"].items():
+        console.print(escape(f"{key}: {path}"), highlight=False, soft_wrap=True)
+    if report.get("mlflow_run_id"):
+        console.print(f"mlflow run: {report['mlflow_run_id']}")
 
 
 @app.command()

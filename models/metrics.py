@@ -23,8 +23,6 @@ Conventions
 """
 from __future__ import annotations
 
-from typing import Hashable, Sequence
-
 import numpy as np
 
 __all__ = [
@@ -39,11 +37,7 @@ __all__ = [
     "perfect_uplift_curve",
     "uplift_auc_score",
     "uplift_at_k",
-    "qini_multi",
-    "ips_policy_value",
     "snips_policy_value",
-    "oracle_policy_value",
-    "policy_value_under_truth",
     "fraction_of_oracle",
     "revenue_rmse",
     "budgeted_choice",
@@ -359,37 +353,6 @@ def uplift_at_k(y, uplift, treatment, k: float | int = 0.3, strategy: str = "ove
 
 
 # --------------------------------------------------------------------------- #
-# multi-treatment
-# --------------------------------------------------------------------------- #
-def qini_multi(y, uplift_matrix, arm, arms: Sequence[Hashable], control: Hashable,
-               negative_effect: bool = True) -> tuple[dict, float]:
-    """Per-arm Qini coefficient on rows {arm, control} using that arm's uplift column; returns (per_arm, mean)."""
-    arm = np.asarray(arm)
-    um = np.asarray(uplift_matrix)
-    arms = list(arms)
-    if arm.ndim != 1:
-        raise ValueError(f"arm must be 1-D, got shape {arm.shape}")
-    if um.ndim != 2 or um.shape[1] != len(arms):
-        raise ValueError(f"uplift_matrix must have shape (n, {len(arms)}), got {um.shape}")
-    if not arms:
-        raise ValueError("arms is empty")
-    if control in arms:
-        raise ValueError(f"control {control!r} must not be one of the treatment arms")
-    y = _vector(y, "y")
-    _same_length(y=y, arm=arm, uplift_matrix=um)
-    is_ctrl = arm == control
-    per_arm: dict = {}
-    for j, a in enumerate(arms):
-        rows = is_ctrl | (arm == a)
-        try:
-            per_arm[a] = qini_auc_score(y[rows], um[rows, j], (arm[rows] == a).astype(np.float64),
-                                        negative_effect=negative_effect)
-        except ValueError as exc:
-            raise ValueError(f"arm {a!r} vs control {control!r}: {exc}") from exc
-    return per_arm, float(np.mean(list(per_arm.values())))
-
-
-# --------------------------------------------------------------------------- #
 # off-policy / policy value
 # --------------------------------------------------------------------------- #
 def _ips_weights(chosen_arm, logged_arm, reward, propensity):
@@ -404,12 +367,6 @@ def _ips_weights(chosen_arm, logged_arm, reward, propensity):
     return (chosen == logged) / prop, r
 
 
-def ips_policy_value(chosen_arm, logged_arm, reward, propensity) -> float:
-    """Inverse-propensity estimate of a policy's mean reward: mean(1[chosen == logged] * reward / propensity)."""
-    w, r = _ips_weights(chosen_arm, logged_arm, reward, propensity)
-    return float(np.mean(w * r))
-
-
 def snips_policy_value(chosen_arm, logged_arm, reward, propensity) -> float:
     """Self-normalised IPS: sum(w * reward) / sum(w), w = 1[chosen == logged] / propensity; ValueError if no match."""
     w, r = _ips_weights(chosen_arm, logged_arm, reward, propensity)
@@ -417,39 +374,6 @@ def snips_policy_value(chosen_arm, logged_arm, reward, propensity) -> float:
     if total == 0:
         raise ValueError("no logged action matches the policy's choice; SNIPS is undefined")
     return float(np.sum(w * r) / total)
-
-
-def _value_matrix(true_value_matrix) -> np.ndarray:
-    m = np.asarray(true_value_matrix, dtype=np.float64)
-    if m.ndim != 2 or m.shape[0] == 0 or m.shape[1] == 0:
-        raise ValueError(f"true_value_matrix must be a non-empty 2-D array, got shape {m.shape}")
-    if not np.all(np.isfinite(m)):
-        raise ValueError("true_value_matrix contains NaN or infinite values")
-    return m
-
-
-def oracle_policy_value(true_value_matrix) -> float:
-    """Mean over rows of the best arm's true value (value of the oracle policy)."""
-    return float(_value_matrix(true_value_matrix).max(axis=1).mean())
-
-
-def policy_value_under_truth(true_value_matrix, chosen_idx, none_value: float | None = None) -> float:
-    """Mean of true_value[row, chosen_idx[row]]; rows with -1 ("no arm") count as ``none_value`` (required then)."""
-    m = _value_matrix(true_value_matrix)
-    idx = np.asarray(chosen_idx)
-    if idx.ndim != 1 or idx.size != m.shape[0]:
-        raise ValueError(f"chosen_idx must be 1-D of length {m.shape[0]}, got shape {idx.shape}")
-    if idx.dtype.kind not in "iu":
-        raise ValueError(f"chosen_idx must be integer, got dtype {idx.dtype}")
-    none = idx == -1
-    if np.any((idx < -1) | (idx >= m.shape[1])):
-        raise ValueError(f"chosen_idx must be in [-1, {m.shape[1] - 1}]")
-    if none.any() and none_value is None:
-        raise ValueError("chosen_idx contains -1 (no arm); pass none_value to value those rows")
-    vals = m[np.arange(m.shape[0]), np.where(none, 0, idx)]
-    if none.any():
-        vals = np.where(none, float(none_value), vals)
-    return float(vals.mean())
 
 
 def fraction_of_oracle(policy: float, control: float, oracle: float) -> float:

@@ -11,7 +11,7 @@ user's encoded steps) and the head over (user, arm context, user × arm context)
   go through the arm layers with the arm axis kept, the target attention takes the arms as
   query positions over the same steps, and the user vector is broadcast over the arms.
 An ensemble (models/uplift_net.average) is split member by member and averaged like the full one.
-Older or simpler networks (no sequence, no uplift head, sequence shares) split the same way;
+Older or simpler networks (no sequence, no uplift head) split the same way;
 `split` raises ValueError for a graph it does not recognise, and callers fall back to the full
 network on the expanded rows."""
 from __future__ import annotations

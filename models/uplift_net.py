@@ -35,7 +35,6 @@ DEFAULTS = {
     "encoder": "gru",
     "target_attention": "multihead",
     "self_attention": False,
-    "sequence_shares": False,
     "uplift_head": True,
     "revenue_loss_weight": 0.01,
     "steps_per_execution": 1,
@@ -99,8 +98,6 @@ def build_model(meta: dict, params: dict, n_profile: int, n_variant: int, sequen
         ctx = layers.Flatten(name="target_context")(ctx)
         user_parts.insert(0, last)
         arm_parts.append(ctx)
-        if _p(params, "sequence_shares"):
-            user_parts.append(_sequence_shares(seq_in, seq_len, vocab_size))
 
     user = layers.Concatenate(name="user")(user_parts) if len(user_parts) > 1 else user_parts[0]
     user = layers.Dense(units[0], activation="relu", name="user_dense")(user)
@@ -139,31 +136,6 @@ def build_model(meta: dict, params: dict, n_profile: int, n_variant: int, sequen
         steps_per_execution=int(_p(params, "steps_per_execution")),
     )
     return model
-
-
-def _sequence_shares(seq_in, seq_len: int, vocab_size: int):
-    """Each token's share of the user's events, over the whole sequence and over the last
-    RECENT events (the bag-of-events summaries the tree baselines get), from fixed one-hot
-    embeddings and masked means: built-in layers only, no trainable weights."""
-    import numpy as np
-    from keras import initializers, layers
-
-    from campaignops.models.inputs import RECENT
-
-    eye = np.eye(vocab_size, dtype="float32")
-    eye[0] = 0.0   # padding
-
-    def shares(tokens, name):
-        one_hot = layers.Embedding(vocab_size, vocab_size, mask_zero=True, trainable=False,
-                                   embeddings_initializer=initializers.Constant(eye.tolist()),
-                                   name=f"{name}_one_hot")(tokens)
-        return layers.GlobalAveragePooling1D(name=name)(one_hot)
-
-    recent = layers.Reshape((seq_len, 1))(seq_in)
-    recent = layers.Cropping1D((max(seq_len - RECENT, 0), 0))(recent)
-    recent = layers.Reshape((min(RECENT, seq_len),), name="recent_tokens")(recent)
-    return layers.Concatenate(name="sequence_shares")([shares(seq_in, "token_shares"),
-                                                       shares(recent, "recent_token_shares")])
 
 
 def average(members: list):

@@ -77,10 +77,12 @@ def policy_choice(expanded: pd.DataFrame, p: np.ndarray, truth: pd.DataFrame | N
 
 
 def holdout_metrics(expanded: pd.DataFrame, p: np.ndarray, truth: pd.DataFrame | None,
-                    choice: PolicyChoice | None = None) -> dict:
+                    choice: PolicyChoice | None = None, revenue: np.ndarray | None = None) -> dict:
     """All holdout metrics for one model's per-arm predictions `p` (aligned with `expanded`);
     with `truth` (synthetic worlds) also the true policy value against the oracle. `choice`:
-    `policy_choice(expanded, p, truth)` if the caller already has it."""
+    `policy_choice(expanded, p, truth)` if the caller already has it. With the model's expected
+    `revenue` per row and a `revenue` column in `expanded` (the exposure's actual revenue), also
+    the revenue RMSE over the logged arms."""
     from campaignops.models import metrics as m
 
     c = choice if choice is not None else policy_choice(expanded, p, truth)
@@ -99,6 +101,10 @@ def holdout_metrics(expanded: pd.DataFrame, p: np.ndarray, truth: pd.DataFrame |
     out["control_value_ips"] = m.snips_policy_value(np.full(len(y), CONTROL, dtype=object), c.logged, y,
                                                     c.propensity)
     out["send_share"] = float(np.mean(c.chosen_ids != CONTROL))
+    if revenue is not None and "revenue" in expanded:
+        logged_rows = (expanded["arm_id"] == expanded["variant_id"]).to_numpy()
+        out["revenue_rmse"] = m.revenue_rmse(expanded["revenue"].to_numpy(dtype=np.float64)[logged_rows],
+                                             np.asarray(revenue, dtype=np.float64)[logged_rows])
 
     if truth is not None:
         oracle = float(np.nanmean(np.nanmax(c.T, axis=1)))
@@ -148,18 +154,18 @@ def load_holdout(settings: Settings) -> tuple[pa.Table, pd.DataFrame, pd.DataFra
 
     fdir = settings.workspace / layout.FEATURES_DIR
     expanded = load_split(settings, "holdout", every_arm=True)
-    cols = ["exposure_id", "campaign_id", "variant_id", "arm_id", "responded"]
+    cols = ["exposure_id", "campaign_id", "variant_id", "arm_id", "responded", "revenue"]
     frame = expanded.select(cols + ["propensity"] * ("propensity" in expanded.column_names)).to_pandas()
     truth = pq.read_table(fdir / "truth.parquet").to_pandas() if (fdir / "truth.parquet").exists() else None
     return expanded, attach_truth(frame, truth), truth
 
 
-def predict_expanded(python_model, expanded: pa.Table) -> np.ndarray:
+def predict_expanded(python_model, expanded: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(response probability, expected revenue) of every (exposure, arm) row."""
     from campaignops.models.inputs import encode
 
     # The expanded frame's arm attributes must be those of `arm_id`, which attach_arms provides.
-    p, _ = python_model.predict_arrays(encode(expanded, python_model.meta))
-    return p
+    return python_model.predict_arrays(encode(expanded, python_model.meta))
 
 
 def gate(candidate: dict, champion: dict | None, thresholds: dict) -> tuple[bool, list[str]]:
@@ -194,14 +200,22 @@ def gate(candidate: dict, champion: dict | None, thresholds: dict) -> tuple[bool
         if candidate[key] < champion[key] - thresholds["champion_tolerance"]:
             reasons.append(f"{key} {candidate[key]:.4f} trails the champion's {champion[key]:.4f} "
                            f"by more than {thresholds['champion_tolerance']}")
+        tol = thresholds.get("revenue_rmse_tolerance")
+        if tol is not None and "revenue_rmse" in candidate and "revenue_rmse" in champion \
+                and candidate["revenue_rmse"] > champion["revenue_rmse"] * (1 + float(tol)):
+            reasons.append(f"revenue_rmse {candidate['revenue_rmse']:.4f} exceeds the champion's "
+                           f"{champion['revenue_rmse']:.4f} by more than {float(tol):.0%}")
     return not reasons, reasons
 
 
 def run(settings: Settings) -> dict:
-    from campaignops.pipelines import tracking
+    from campaignops.pipelines import family, tracking
 
     mlflow = tracking.configure(settings)
     ws = settings.workspace
+    stale = [ws / layout.REPORTS_DIR / name for name in ("evaluation.json", "evaluation.html")]
+    for path in stale:   # a failed evaluation must not leave the last one's figures looking current
+        path.unlink(missing_ok=True)
     record = json.loads((ws / layout.MODEL_DIR / "run.json").read_text())
     model_name = settings.params["train"]["model_name"]
     logged = logged_evaluation(mlflow, record["run_id"])
@@ -217,26 +231,37 @@ def run(settings: Settings) -> dict:
     x_holdout = encode(expanded, candidate_model.meta)
     p_candidate, rev_candidate = candidate_model.predict_arrays(x_holdout)
     candidate_choice = policy_choice(frame, p_candidate, truth)
-    candidate = holdout_metrics(frame, p_candidate, truth, candidate_choice)
+    candidate = holdout_metrics(frame, p_candidate, truth, candidate_choice, rev_candidate)
     candidate["qini_random_sd"] = random_qini_sd(frame, draws=int(settings.params["evaluate"]["qini_noise_draws"]))
     thresholds = settings.params["evaluate"]
-    baselines, vs_baselines = baseline_metrics(ws / layout.MODEL_DIR / "baselines", candidate_model.meta, x_holdout,
-                                               frame, truth, candidate_choice, thresholds)
-    champion, champion_version, champion_logged = None, None, None
+    baselines, vs_baselines, baseline_p = baseline_metrics(ws / layout.MODEL_DIR / "baselines", candidate_model.meta,
+                                                           x_holdout, frame, truth, candidate_choice, thresholds)
+    choice = family.choose(vs_baselines, record.get("baseline_uris") or {}, record["model_uri"],
+                           family.config(settings))
+    served = candidate if choice["served"] == family.NETWORK else \
+        {**baselines[choice["served"]], "qini_random_sd": candidate["qini_random_sd"]}
+    champion, champion_version, champion_logged, incomparable = None, None, None, None
     client = mlflow.MlflowClient()
     try:
         mv = client.get_model_version_by_alias(model_name, "champion")
         champion_version = str(mv.version)
         champion_logged = client.get_run(mv.run_id).data.metrics if mv.run_id else None
         champ_model = mlflow.pyfunc.load_model(f"models:/{model_name}@champion").unwrap_python_model()
-        champion = holdout_metrics(frame, predict_expanded(champ_model, expanded), truth)
     except mlflow.exceptions.MlflowException as exc:
         if "RESOURCE_DOES_NOT_EXIST" not in str(exc) and "not found" not in str(exc).lower():
             raise
-    passed, reasons = gate(candidate, champion, thresholds)
+    else:
+        champion, incomparable = champion_on_holdout(champ_model, champion_version, expanded, frame, truth)
+    passed, reasons = gate(served, champion, thresholds)
+    if incomparable is not None:
+        rule = thresholds.get("incomparable_champion", "refuse")
+        if rule == "refuse":
+            passed = False
+            reasons.append(f"{incomparable} (params evaluate.incomparable_champion: refuse; set it to promote "
+                           "to replace a champion of other data, or train under another train.model_name)")
     behind = [f"{name} ({v['metric']} {v['lead']:+.4f}, bootstrap sd {v['sd']:.2g})"
               for name, v in vs_baselines.items() if v["verdict"] == "behind"]
-    if thresholds.get("gate_on_baselines") and behind:
+    if thresholds.get("gate_on_baselines") and behind and choice["served"] == family.NETWORK:
         passed = False
         reasons.append(f"candidate trails baselines by more than {thresholds['baseline_tolerance_sd']} sd: "
                        + ", ".join(behind))
@@ -248,21 +273,31 @@ def run(settings: Settings) -> dict:
         passed = False
         reasons += unseen_reasons
     references = reference_uplift(settings, candidate_model.meta, expanded, frame, p_candidate)
-    report = {"run_id": record["run_id"], "model_uri": record["model_uri"], "candidate": candidate,
-              "champion": champion, "champion_version": champion_version, "passed": passed,
-              "reasons": reasons, "thresholds": thresholds, "baselines": baselines, "vs_baselines": vs_baselines,
-              "uplift_references": references, "new_campaigns": unseen}
+    adjustment = adjustment_regret(settings, candidate_choice, expanded)
+    report = {"run_id": record["run_id"], "model_uri": choice["model_uri"], "network_model_uri": record["model_uri"],
+              "family": choice, "served": served, "candidate": candidate,
+              "champion": champion, "champion_version": champion_version, "champion_incomparable": incomparable,
+              "passed": passed, "reasons": reasons, "thresholds": thresholds, "baselines": baselines,
+              "vs_baselines": vs_baselines, "uplift_references": references, "new_campaigns": unseen,
+              "adjustment": adjustment}
+    predictions = holdout_predictions(frame, {family.NETWORK: p_candidate, **baseline_p})
     with mlflow.start_run(run_id=record["run_id"]):
         mlflow.log_metrics({f"holdout_{k}": v for k, v in candidate.items() if np.isfinite(v)})
         for name, res in baselines.items():
             mlflow.log_metrics({f"baseline_{name}.{k}": v for k, v in res.items() if np.isfinite(v)})
         mlflow.log_metrics(reference_metrics_flat(references))
         mlflow.log_metrics(new_campaigns.flat_metrics(unseen))
-        mlflow.set_tag("gate.passed", str(passed))
+        from campaignops.pipelines.adjust_eval import flat_metrics as adjustment_metrics
+
+        mlflow.log_metrics(adjustment_metrics(adjustment))
+        mlflow.set_tags({"gate.passed": str(passed), "family.served": choice["served"]})
         for name, v in vs_baselines.items():
             mlflow.log_metrics({f"baseline_{name}.candidate_lead": v["lead"],
                                 f"baseline_{name}.candidate_lead_sd": v["sd"]})
             mlflow.set_tag(f"vs_baseline.{name}", v["verdict"])
+        path = ws / layout.REPORTS_DIR / "holdout_predictions.parquet"
+        write_parquet(predictions, path)
+        mlflow.log_artifact(str(path), artifact_path="evaluation")
         if thresholds.get("report", True):
             paths = build_report(settings, report, candidate_model, x_holdout, expanded, frame, truth,
                                  p_candidate, rev_candidate)
@@ -274,6 +309,73 @@ def run(settings: Settings) -> dict:
         write_json(path, report)
         mlflow.log_artifact(str(path), artifact_path="evaluation")   # last: marks the run as evaluated
     return report
+
+
+def adjustment_regret(settings: Settings, choice: PolicyChoice, expanded: pa.Table) -> dict | None:
+    """Synthetic worlds: cumulative regret vs the oracle of the candidate's sends allocated static,
+    uniform and adjusted day by day (pipelines/adjust_eval.py), with the model as it is and with
+    one variant overstated; None without the truth or when params evaluate.adjustment is off."""
+    from campaignops.pipelines import adjust_eval
+
+    cfg = adjust_eval.config(settings)
+    if not cfg["enabled"] or choice.T is None:
+        return None
+    inputs = adjust_eval.holdout_inputs(choice, expanded)
+    return adjust_eval.run(choice.P, choice.T, inputs["segments"], inputs["cost"], cfg, seed=0,
+                           campaigns=inputs["campaigns"])
+
+
+def champion_on_holdout(champ_model, version: str, expanded: pa.Table, frame: pd.DataFrame,
+                        truth: pd.DataFrame | None) -> tuple[dict | None, str | None]:
+    """(the champion's holdout metrics, None), or (None, why not) when the candidate's data cannot
+    feed the champion: trained on another log, its features (profile columns, vocabularies, arm
+    attributes) are not in this holdout, so no comparison on the same rows is possible."""
+    try:
+        p, revenue = predict_expanded(champ_model, expanded)
+    except Exception as exc:   # a missing column (KeyError), a shape or vocabulary mismatch (ValueError, TF errors)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return None, (f"the champion (version {version}) is not comparable: this holdout cannot feed its inputs "
+                      f"({type(exc).__name__}: {first[:200]})")
+    return holdout_metrics(frame, p, truth, revenue=revenue), None
+
+
+def holdout_predictions(frame: pd.DataFrame, models: dict[str, np.ndarray]) -> pd.DataFrame:
+    """One row per (holdout exposure, arm): the exposure, its campaign, the arm it was logged at
+    (`treatment`), its outcome, logged propensity, and each model's predicted response and uplift
+    (p(arm) − p(no send) of the same exposure). `source_row` is the row number in the imported
+    file for imported logs (their exposure ids are `<campaign>-<row>`), else empty. Saved as an
+    MLflow artifact so anyone can recompute the metrics with their own tools."""
+    out = pd.DataFrame({"exposure_id": frame["exposure_id"].to_numpy(), "campaign_id": frame["campaign_id"].to_numpy(),
+                        "treatment": frame["variant_id"].to_numpy(), "responded": frame["responded"].to_numpy(),
+                        "arm_id": frame["arm_id"].to_numpy()})
+    if "propensity" in frame:
+        out["propensity"] = frame["propensity"].to_numpy()
+    if "revenue" in frame:
+        out["revenue"] = frame["revenue"].to_numpy()
+    suffix = out["exposure_id"].str.extract(r"^(.*)-(\d+)$")
+    out["source_row"] = pd.to_numeric(suffix[1].where(suffix[0] == out["campaign_id"]), errors="coerce").astype("Int64")
+    control = (out["arm_id"] == CONTROL).to_numpy()
+    for name, p in models.items():
+        out[f"p_{name}"] = np.asarray(p, dtype=np.float64)
+        base = pd.Series(out[f"p_{name}"].to_numpy()[control], index=out["exposure_id"].to_numpy()[control])
+        out[f"uplift_{name}"] = out[f"p_{name}"] - out["exposure_id"].map(base).to_numpy(dtype=np.float64)
+    return out
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """frame to path atomically (a temp file beside it, then renamed)."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 EVALUATION_ARTIFACT = "evaluation/evaluation.json"
@@ -291,19 +393,20 @@ def logged_evaluation(mlflow, run_id: str) -> dict | None:
 
 
 def baseline_metrics(root, meta: dict, x_holdout: dict, frame: pd.DataFrame, truth: pd.DataFrame | None,
-                     candidate: PolicyChoice, cfg: dict) -> tuple[dict, dict]:
-    """holdout_metrics of every baseline saved by train.py under data/model/baselines, and the
-    candidate's policy lead over each (policy_lead; verdict at cfg baseline_tolerance_sd)."""
+                     candidate: PolicyChoice, cfg: dict) -> tuple[dict, dict, dict]:
+    """holdout_metrics of every baseline saved by train.py under data/model/baselines, the
+    candidate's policy lead over each (policy_lead; verdict at cfg baseline_tolerance_sd), and
+    each baseline's predicted response per holdout row."""
     from campaignops.models.baselines import load_all
 
-    metrics, leads = {}, {}
+    metrics, leads, preds = {}, {}, {}
     for name, model in load_all(root, meta).items():
-        p = model.predict(x_holdout)
+        p = preds[name] = model.predict(x_holdout)
         choice = policy_choice(frame, p, truth)
         metrics[name] = holdout_metrics(frame, p, truth, choice)
         lead = policy_lead(candidate, choice, draws=int(cfg["baseline_lead_draws"]))
         leads[name] = {**lead, "verdict": lead_verdict(lead["lead"], lead["sd"], float(cfg["baseline_tolerance_sd"]))}
-    return metrics, leads
+    return metrics, leads, preds
 
 
 # --------------------------------------------------------------------------- reference uplift models

@@ -1,5 +1,7 @@
 """Registers a candidate that passed the gate in the MLflow registry, moves the `champion`
-alias to it (keeping the old one as `previous` for rollback) and tags it for audit."""
+alias to it (keeping the old one as `previous` for rollback) and tags it for audit. What is
+registered is the evaluation's served model (`model_uri`: the network, or a baseline logged in the
+same run when it beat the network: pipelines/family.py); the version's `family` tag says which."""
 from __future__ import annotations
 
 import json
@@ -31,9 +33,14 @@ def lineage_tags(settings: Settings, evaluation: dict) -> dict[str, str]:
     raw = ws / layout.RAW_MANIFEST
     if raw.exists():
         tags["data.batch"] = str(json.loads(raw.read_text()).get("batch"))
-    for key in ("auc", "qini", "policy_value_ips", "policy_value_fraction"):
-        if key in evaluation["candidate"]:
-            tags[f"holdout.{key}"] = f"{evaluation['candidate'][key]:.6f}"
+    served = evaluation.get("served") or evaluation["candidate"]
+    for key in ("auc", "qini", "policy_value_ips", "policy_value_fraction", "revenue_rmse"):
+        if key in served:
+            tags[f"holdout.{key}"] = f"{served[key]:.6f}"
+    choice = evaluation.get("family") or {}
+    tags["family"] = choice.get("served", "network")
+    if choice.get("reason"):
+        tags["family.reason"] = choice["reason"][:500]
     return tags
 
 

@@ -255,7 +255,7 @@ def _table(rows: list[dict], cols: list[str] | None = None) -> str:
 def render_html(evaluation: dict, figs: dict[str, bytes], segments: list[dict], attributions: list[dict] | None,
                 forecast: dict | None) -> str:
     keys = ["auc", "logloss", "ece", "qini", "policy_value_fraction", "policy_to_oracle_ratio",
-            "policy_value_ips", "send_share"]
+            "policy_value_ips", "send_share", "revenue_rmse"]
     models = [("candidate", evaluation["candidate"])]
     if evaluation.get("champion"):
         models.append(("champion", evaluation["champion"]))
@@ -279,6 +279,12 @@ def render_html(evaluation: dict, figs: dict[str, bytes], segments: list[dict], 
                   f"exposures; ahead / behind beyond {html.escape(str(k))} sd, else tie.</p>",
                   _table([{"baseline": n, **v, "sd": f"{v['sd']:.2g}"} for n, v in leads.items()],
                          ["baseline", "metric", "lead", "sd", "verdict"])]
+    if evaluation.get("family"):
+        from campaignops.pipelines.family import html_section as family_section
+
+        parts.append(family_section(evaluation["family"]))
+    if evaluation.get("champion_incomparable"):
+        parts.append(f"<h2>Champion not comparable</h2><p>{html.escape(evaluation['champion_incomparable'])}</p>")
     titles = {"qini_per_arm.png": "Qini curves per arm", "uplift_by_decile.png": "Uplift by decile",
               "calibration.png": "Calibration / reliability", "predicted_vs_actual.png": "Predicted vs actual",
               "attributions.png": "Feature attributions (permutation importance)"}
@@ -299,6 +305,10 @@ def render_html(evaluation: dict, figs: dict[str, bytes], segments: list[dict], 
         from campaignops.pipelines.new_campaigns import html_section
 
         parts.append(html_section(evaluation["new_campaigns"]))
+    if evaluation.get("adjustment"):
+        from campaignops.pipelines.adjust_eval import html_section as adjustment_section
+
+        parts.append(adjustment_section(evaluation["adjustment"]))
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -137,7 +137,7 @@ def _manifest(req: Request, run_id: str, key: dict, engine: str, version, a, arm
         "campaign_id": req.campaign_id, "score_run_id": run_id, "request": key | {"engine": engine},
         "scored_at": datetime.now(timezone.utc).isoformat(), "as_of": str(req.start),
         "model": {"name": name, "version": str(version.version), "run_id": version.run_id,
-                  "uri": f"models:/{name}/{version.version}"},
+                  "uri": f"models:/{name}/{version.version}", "family": (version.tags or {}).get("family", "network")},
         "arms": [{"variant_id": x["variant_id"], "cost_per_send": x["cost_per_send"]} for x in req.arms],
         "budget": req.budget, "spent": float(costs[a.chosen].sum()), "rows": len(a.chosen),
         "users_targeted": int(a.send.sum()), "users_targeted_by_model": int(model_only.sum()),
@@ -193,7 +193,7 @@ def predict(engine: str, settings: Settings, pyfunc, model_uri: str, arms: list[
     if engine == "spark":
         return score_engine.predict_spark(model_uri, arms, features["uri"], {"endpoint": settings.s3_endpoint},
                                           params.get("spark"))
-    scorer = score_engine.ArmScorer(pyfunc.model, pyfunc.meta, arms)
+    scorer = score_engine.ArmScorer.for_model(pyfunc, arms)
     step = {"next": 0.1}
 
     def progress(done: int, total: int) -> None:   # a log line per tenth of the users

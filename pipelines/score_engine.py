@@ -30,18 +30,30 @@ class Predictions:
 
 
 class ArmScorer:
-    """A loaded network and its metadata, scoring batches of users under a fixed list of arms."""
+    """A loaded network and its metadata, scoring batches of users under a fixed list of arms.
+    `predict_arrays` (a pyfunc model's, for a family without a Keras network: a T-learner
+    baseline) replaces the network: it is called once per arm on the users with that arm's columns."""
 
-    def __init__(self, keras_model, meta: dict, arms: list[dict], naive: bool = False):
+    def __init__(self, keras_model, meta: dict, arms: list[dict], naive: bool = False, predict_arrays=None):
         self.model, self.meta, self.arms = keras_model, meta, arms
+        self.predict_arrays = predict_arrays
         self.split = None
-        if not naive:
+        if not naive and predict_arrays is None:
             from campaignops.models.split import split
 
             try:
                 self.split = split(keras_model)
             except ValueError as exc:
                 log.warning("scoring with the full network per arm: %s", exc)
+
+    @classmethod
+    def for_model(cls, python_model, arms: list[dict], naive: bool = False) -> "ArmScorer":
+        """The scorer of a loaded pyfunc model (models/pyfunc.py) of any family."""
+        from campaignops.models.pyfunc import TLearnerResponseModel
+
+        if isinstance(python_model, TLearnerResponseModel):
+            return cls(None, python_model.meta, arms, predict_arrays=python_model.predict_arrays)
+        return cls(python_model.model, python_model.meta, arms, naive=naive)
 
     def predict(self, batch: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
         from campaignops.models.inputs import encode_arms, encode_user
@@ -54,7 +66,7 @@ class ArmScorer:
         return p.astype(np.float32), (r * self.meta["revenue_scale"]).astype(np.float32)
 
     def _predict_naive(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-        """The full network once per arm on the users with that arm's columns attached."""
+        """The full network (or predict_arrays) once per arm on the users with that arm's columns attached."""
         from campaignops.models.inputs import ARM_COLUMNS, encode
         from campaignops.models.uplift_net import predict
 
@@ -63,9 +75,13 @@ class ArmScorer:
             rows = table
             for c in ARM_COLUMNS:
                 rows = rows.append_column(c, pa.array([arm[c]] * table.num_rows))
-            p, r = predict(self.model, encode(rows, self.meta))
+            if self.predict_arrays is not None:
+                p, r = self.predict_arrays(encode(rows, self.meta))
+            else:
+                p, r = predict(self.model, encode(rows, self.meta))
+                r = r * self.meta["revenue_scale"]
             ps.append(p)
-            rs.append(r * self.meta["revenue_scale"])
+            rs.append(r)
         return np.stack(ps, 1).astype(np.float32), np.stack(rs, 1).astype(np.float32)
 
 
@@ -144,7 +160,7 @@ def _cached_scorer(model_uri: str, arms_key: str, naive: bool) -> ArmScorer:
     import mlflow.pyfunc
 
     model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
-    return ArmScorer(model.model, model.meta, json.loads(arms_key), naive=naive)
+    return ArmScorer.for_model(model, json.loads(arms_key), naive=naive)
 
 
 def spark_task(task: dict, model_uri: str, arms_key: str, s3: dict | None, naive: bool = False

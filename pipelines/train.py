@@ -132,7 +132,7 @@ def fit_tables(params: dict, meta: dict, train, valid, valid_every_arm=None):
 def run(settings: Settings) -> dict:
     from campaignops.models.inputs import arm_target_vocabulary, encode
     from campaignops.models.metrics import auc, log_loss
-    from campaignops.models.pyfunc import CampaignResponseModel
+    from campaignops.models.pyfunc import NETWORK, CampaignResponseModel
     from campaignops.models.baselines import save_all, train_baselines
     from campaignops.models.uplift_net import predict
     from campaignops.pipelines import tracking
@@ -189,7 +189,7 @@ def run(settings: Settings) -> dict:
     with atomic_dir(out_dir) as tmp:
         keras_path, meta_path = tmp / "model.keras", tmp / "meta.json"
         model.save(keras_path)
-        meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        meta_path.write_text(json.dumps({**meta, "family": NETWORK}, indent=2, sort_keys=True))
         save_all(baselines, tmp / "baselines")
         with mlflow.start_run() as run:
             mlflow.log_params({f"train.{k}": v for k, v in params.items()})
@@ -219,11 +219,38 @@ def run(settings: Settings) -> dict:
                 signature=signature,
                 pip_requirements=tracking.pip_requirements(),
             )
-        record = {"run_id": run.info.run_id, "model_uri": info.model_uri,
+            baseline_uris = log_baselines(mlflow, baselines, tmp / "baselines", meta, signature,
+                                          revenue_per_response=float(rev_train.sum() / max(y_train.sum(), 1.0)))
+        record = {"run_id": run.info.run_id, "model_uri": info.model_uri, "baseline_uris": baseline_uris,
                   "experiment_id": run.info.experiment_id, "metrics": metrics}
         write_json(tmp / "run.json", record)
     write_json(ws / layout.REPORTS_DIR / "train_metrics.json", metrics)
     return record
+
+
+def log_baselines(mlflow, baselines: dict, root, meta: dict, signature, revenue_per_response: float) -> dict:
+    """Each fitted baseline (saved under `root` by models.baselines.save_all) logged to the active
+    run as a pyfunc model `baselines/<name>` beside the network, so the gate may serve it
+    (pipelines/family.py); returns {name: model URI}. The T-learners predict the response only:
+    their expected revenue is p × revenue_per_response (the training rows' revenue per response)."""
+    from campaignops.models.baselines import TLearner
+    from campaignops.models.pyfunc import CampaignResponseModel, TLearnerResponseModel
+    from campaignops.pipelines import tracking
+
+    uris = {}
+    for name, (model, _) in baselines.items():
+        meta_path = root / name / "meta.json"
+        meta_path.write_text(json.dumps({**meta, "family": name, "revenue_per_response": revenue_per_response},
+                                        indent=2, sort_keys=True))
+        if isinstance(model, TLearner):
+            python_model, artifacts = TLearnerResponseModel(), {"tlearner": str(root / name)}
+        else:
+            python_model, artifacts = CampaignResponseModel(), {"keras_model": str(root / name / "model.keras")}
+        info = mlflow.pyfunc.log_model(name=f"baseline_{name}", python_model=python_model,
+                                       artifacts={**artifacts, "meta": str(meta_path)}, signature=signature,
+                                       pip_requirements=tracking.pip_requirements())
+        uris[name] = info.model_uri
+    return uris
 
 
 def model_output_frame(model, inputs, meta):

@@ -93,43 +93,6 @@ def test_split_equals_the_full_network_on_the_expanded_rows(config):
     _check(_network(x, **CONFIGS[config]), x)
 
 
-SHARES = dict(encoder="attention", target_attention="dot", sequence_shares=True)
-
-
-def test_sequence_shares_network_splits_exactly_for_users_with_history():
-    """With sequence_shares the network's own output on a user with no events is not finite when
-    run eagerly (the shares are a masked mean over zero steps, 0/0: models/uplift_net.py), so
-    `split` refuses such a network and scoring uses the full network (ArmScorer's fallback); the
-    split graph itself is exact on every user with history."""
-    from campaignops.models.split import SplitModel, _split_one
-
-    x = _users()
-    model = _network(x, **SHARES)
-    empty = (x["seq"] == 0).all(axis=1)
-    assert empty.sum() == 2
-    variants = _variants(N_USERS, N_ARMS, seed=5, per_user=False)
-    full_p, _ = _full(model, x, variants)
-    eager = np.asarray(model({**{k: np.repeat(v, N_ARMS, 0) for k, v in x.items()},
-                              "variant": variants.reshape(-1, N_VARIANT)}, training=False)[0]).reshape(N_USERS, N_ARMS)
-    if np.isfinite(eager).all():        # the network was fixed: then split must accept it and be exact
-        _check(model, x)
-        return
-    with pytest.raises(ValueError, match="differs from the full one"):
-        split(model)
-    from campaignops.pipelines.score_engine import ArmScorer
-
-    assert ArmScorer(model, {}, []).split is None          # scoring falls back to the full network
-    keep = ~empty
-    xs = {k: v[keep] for k, v in x.items()}
-    want_p, want_r = _full(model, xs, variants[keep])
-    np.testing.assert_allclose(want_p, full_p[keep], atol=1e-6)
-    errs = []
-    for masked in (False, True):
-        p, r = SplitModel([_split_one(model, masked)]).predict(xs, variants[keep], batch_size=32)
-        errs.append(max(np.abs(p - want_p).max(), np.abs(r - want_r).max()))
-    assert min(errs) <= 1e-5, errs
-
-
 def test_split_with_different_arms_per_user_and_across_batches():
     x = _users(150)
     s = _check(_network(x, encoder="gru", target_attention="dot"), x, per_user=True)

@@ -132,35 +132,6 @@ def test_val_qini_is_logged_per_epoch_and_can_stop_training(arm_frame):
     assert all(np.isfinite(h.history["val_qini"]))
 
 
-def test_sequence_shares_are_each_tokens_share_overall_and_recent(tmp_path):
-    """The in-graph bag-of-events summary equals the numpy count (padding excluded), for all
-    events and the last RECENT; the network with it saves and loads as plain Keras."""
-    from campaignops.models.inputs import RECENT, select_inputs
-    from campaignops.models.uplift_net import predict
-
-    x, _, _ = world(60, seed=7)
-    x["seq"][:5, :-3] = 0                     # short histories: fewer than RECENT events
-    x["seq"][5] = [1, 1, 2, 2] + [3] * 8      # a full history whose first events fall outside the recent window
-    model = build_model(META, {**PARAMS, "encoder": "attention", "target_attention": "dot",
-                               "sequence_shares": True}, N_PROFILE, N_VARIANT)
-    sub = keras.Model(model.inputs, model.get_layer("sequence_shares").output)
-    got = sub.predict(select_inputs(sub, x), verbose=0)
-    vocab = got.shape[1] // 2
-
-    def shares(seq):
-        counts = np.stack([(seq == t).sum(1) for t in range(vocab)], 1).astype(float)
-        counts[:, 0] = 0
-        return counts / np.maximum((seq > 0).sum(1, keepdims=True), 1)
-
-    np.testing.assert_allclose(got[:, :vocab], shares(x["seq"]), atol=1e-6)
-    np.testing.assert_allclose(got[:, vocab:], shares(x["seq"][:, -RECENT:]), atol=1e-6)
-    assert got[5, 3] == pytest.approx(8 / 12) and got[5, vocab + 3] == pytest.approx(8 / 10)
-    assert not model.get_layer("token_shares_one_hot").trainable_weights
-    model.save(tmp_path / "s.keras")
-    again = keras.saving.load_model(tmp_path / "s.keras", compile=False)
-    np.testing.assert_allclose(predict(again, x)[0], predict(model, x)[0], atol=1e-6)
-
-
 def test_batch_shuffling_is_seeded_and_learns_like_row_shuffling():
     x, y, _ = world(1200, seed=8)
     xv, yv, _ = world(400, seed=9)

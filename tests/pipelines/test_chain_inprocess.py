@@ -65,7 +65,17 @@ def test_chain_registers_a_champion_and_scores_every_user(chain_env):
 
     logged_metrics = mlflow.MlflowClient().get_run(ev["run_id"]).data.metrics
     assert logged_metrics["new_campaigns.share_of_oracle"] == pytest.approx(unseen["pooled"]["share_of_oracle"])
-    assert "New campaigns: each left out" in (settings.workspace / "reports/evaluation.html").read_text()
+    page = (settings.workspace / "reports/evaluation.html").read_text()
+    assert "New campaigns: each left out" in page
+    # Dynamic adjustment on the holdout (synthetic: outcomes from the truth) and the family served.
+    adj = ev["adjustment"]
+    assert set(adj["scenarios"]) == {"right", "wrong"}
+    assert adj["sends"] == round(ev["candidate"]["send_share"] * ev["candidate"]["holdout_rows"])  # the model's sends
+    for row in adj["scenarios"].values():
+        assert all(np.isfinite(row[k]) and row[k] >= 0 for k in ("static_regret", "uniform_regret", "adjusted_regret"))
+    assert logged_metrics["adjustment.right.adjusted_regret"] == pytest.approx(adj["scenarios"]["right"]["adjusted_regret"])
+    assert "Dynamic adjustment: regret vs the oracle" in page and "Served family:" in page
+    assert ev["family"]["served"] in ("network", *ev["baselines"]) and ev["model_uri"] == ev["family"]["model_uri"]
     first = promote.run(settings)
     assert first["promoted"] and first["champion_version"] is not None
 
@@ -130,3 +140,47 @@ def test_chain_registers_a_champion_and_scores_every_user(chain_env):
     assert second["promoted"] and second["previous_version"] == first["champion_version"]
     back = promote.rollback(settings)
     assert back["champion_version"] == first["champion_version"]
+
+
+def test_a_pinned_baseline_is_registered_and_scores(chain_env):
+    """The family the gate chose is what the registry serves: with evaluate.family.serve pinning
+    the GBT T-learner, promote registers the run's baseline model (tag family) and scoring
+    predicts with it — its probabilities are the T-learner's own."""
+    import mlflow
+
+    from campaignops.models.baselines import TLearner
+    from campaignops.pipelines import layout
+
+    settings, store = chain_env
+    settings.params["train"].update(epochs=1, baselines=["tlearner_gbt"])
+    settings.params["evaluate"].update(qini_noise_draws=0, report=False, reference_uplift_models=[])
+    settings.params["evaluate"]["new_campaigns"]["campaigns"] = 0
+    settings.params["evaluate"]["family"] = {"serve": "tlearner_gbt", "margin": 0.002, "margin_sd": 2.0}
+    synth.generate(settings, users=1000, store=store, progress=False)
+    ingest.ingest(settings, store=store)
+    validate.run(settings, store=store)
+    features.build(settings, store=store)
+    record = train.run(settings)
+    assert set(record["baseline_uris"]) == {"tlearner_gbt"}
+    ev = evaluate.run(settings)
+    assert ev["family"]["served"] == "tlearner_gbt" and ev["model_uri"] == record["baseline_uris"]["tlearner_gbt"]
+    assert ev["served"]["auc"] == pytest.approx(ev["baselines"]["tlearner_gbt"]["auc"])
+    predictions = (settings.workspace / "reports/holdout_predictions.parquet")
+    import pyarrow.parquet as pq
+
+    cols = pq.read_schema(predictions).names
+    assert {"p_network", "uplift_network", "p_tlearner_gbt", "uplift_tlearner_gbt", "treatment", "responded"} <= set(cols)
+    assert any(f.path.endswith("holdout_predictions.parquet")
+               for f in mlflow.MlflowClient().list_artifacts(ev["run_id"], "evaluation"))
+    promoted = promote.run(settings)
+    assert promoted["promoted"]
+    name = settings.params["train"]["model_name"]
+    version = mlflow.MlflowClient().get_model_version(name, promoted["champion_version"])
+    assert version.tags["family"] == "tlearner_gbt" and version.run_id == ev["run_id"]
+    out = score.run(settings, budget=50.0, store=store)
+    assert out["model"]["family"] == "tlearner_gbt" and out["rows"] > 0
+    scores = score.read_scores(store, out).to_pandas()
+    loaded = mlflow.pyfunc.load_model(f"models:/{name}@champion").unwrap_python_model()
+    assert isinstance(loaded.model, TLearner)
+    assert scores[[c for c in scores if c.startswith("p_")]].stack().between(0, 1).all()
+    assert TLearner.load(settings.workspace / layout.MODEL_DIR / "baselines" / "tlearner_gbt").kind == "gbt"
