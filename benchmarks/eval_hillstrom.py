@@ -1,7 +1,7 @@
 """Hillstrom end to end, in one process (moto S3 + SQLite MLflow, as tests/pipelines/
 test_chain_inprocess.py): `data import` with validation/mappings/hillstrom.yaml per outcome →
 ingest → validate → features → train → evaluate, then the per-arm Qini / AUUC / uplift@30% of the
-candidate and of the scikit-uplift references (evaluate.reference_uplift) into a markdown table.
+candidate and of the scikit-uplift references (uplift_references.reference_uplift) into a markdown table.
 
 `--folds K` cross-fits with the product's own cross-fitting (pipelines/crossfit.py, what
 `campaignops evaluate --crossfit K` runs): one import per outcome → ingest → validate → features,

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from moto import mock_aws
 
-from campaignops.pipelines import evaluate, features, importer, ingest, layout, scoring_frames, validate
+from campaignops.pipelines import evaluate, features, importer, ingest, layout, scoring_frames, uplift_references, validate
 from campaignops.pipelines.storage import ObjectStore
 from campaignops.validation.contract import CONTROL
 
@@ -168,7 +168,7 @@ def test_references_are_scored_on_the_same_holdout(chain):
     expanded, frame, truth = evaluate.load_holdout(settings)
     assert truth is None
     p = np.random.default_rng(0).random(len(frame))
-    refs = evaluate.reference_uplift(settings, features_meta(settings), expanded, frame, p)
+    refs = uplift_references.reference_uplift(settings, features_meta(settings), expanded, frame, p)
     hold = frame[frame["arm_id"] == frame["variant_id"]]
     assert set(refs["arms"]) == {"hillstrom_2008/mens_email", "hillstrom_2008/womens_email"}
     for arm, res in refs["arms"].items():
@@ -257,7 +257,7 @@ def test_references_skip_arms_of_a_campaign_absent_from_training(workspace):
     frame = pd.DataFrame({"exposure_id": ["x1", "x1", "x2", "x2"], "campaign_id": ["C2"] * 4,
                           "variant_id": ["V1", "V1", CONTROL, CONTROL], "arm_id": ["V1", CONTROL] * 2,
                           "responded": [1, 1, 0, 0]})
-    refs = evaluate.reference_uplift(workspace, {}, None, frame, np.zeros(4))
+    refs = uplift_references.reference_uplift(workspace, {}, None, frame, np.zeros(4))
     assert refs["arms"] == {} and list(refs["skipped"]) == ["C2/V1"]
 
 
