@@ -53,6 +53,11 @@ def stack_status() -> None:
         table.add_row(str(s["service"]), str(s["url"]), str(s.get("pid") or "-"), str(s["running"]), str(s["healthy"]),
                       str(s.get("detail") or ""))
     console.print(table)
+    settings = load_settings()
+    if stack.people_file(settings).exists():
+        console.print(f"accounts: {settings.env.get('CAMPAIGNOPS_AIRFLOW_USER', stack.ADMIN_USER)} (pipeline service "
+                      f"account, {settings.env_file}); " + ", ".join(f"{n} ({r})" for n, r in stack.PEOPLE.items())
+                      + f" in {stack.people_file(settings)}", highlight=False, soft_wrap=True)
 
 
 @data_app.command("generate")

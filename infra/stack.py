@@ -40,7 +40,11 @@ from campaignops.config import Settings, _read_env_file
 log = logging.getLogger("campaignops.stack")
 
 SERVICES: tuple[str, ...] = ("s3", "mlflow", "airflow")
-ADMIN_USER = "admin"
+ADMIN_USER = "admin"      # the pipeline's service account: the only one that may register versions / move aliases
+# People's accounts (roles enforced by the servers): an engineer may trigger DAGs and read
+# everything; an auditor may read everything and change nothing. Airflow: SimpleAuthManager roles
+# `user` / `viewer`; MLflow: basic-auth users with the server's default READ permission.
+PEOPLE = {"engineer": "user", "auditor": "viewer"}
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 # Client credentials kept in settings.env_file; generated once, reused afterwards.
@@ -90,6 +94,21 @@ def logfile(settings: Settings, service: str) -> Path:
 
 def server_secrets_file(settings: Settings) -> Path:
     return settings.state_dir / "server-secrets.env"
+
+
+def people_file(settings: Settings) -> Path:
+    """The people's accounts (CAMPAIGNOPS_<NAME>_PASSWORD per PEOPLE entry), mode 0600; not handed
+    to the pipeline's processes."""
+    return settings.state_dir / "people.env"
+
+
+def people(settings: Settings) -> dict[str, str]:
+    """{username: password} of the people's accounts, generated once."""
+    values = _ensure_env_file(people_file(settings),
+                              {f"CAMPAIGNOPS_{name.upper()}_PASSWORD": lambda: secrets.token_urlsafe(18)
+                               for name in PEOPLE},
+                              "campaignops people's accounts (engineer: trigger + read, auditor: read) - keep private")
+    return {name: values[f"CAMPAIGNOPS_{name.upper()}_PASSWORD"] for name in PEOPLE}
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -377,7 +396,9 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": settings._get("CAMPAIGNOPS_AIRFLOW_PARALLELISM", "4"),
         "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{settings.env.get('CAMPAIGNOPS_AIRFLOW_USER', ADMIN_USER)}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(
+            [f"{settings.env.get('CAMPAIGNOPS_AIRFLOW_USER', ADMIN_USER)}:admin",
+             *(f"{name}:{role}" for name, role in PEOPLE.items())]),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "simple_auth_manager_passwords.json"),
         # Paused until someone unpauses them (the demo does, after the data has landed), so the
@@ -407,7 +428,7 @@ def _airflow_spec(settings: Settings) -> tuple[list[str], dict[str, str], Path]:
     home.mkdir(parents=True, exist_ok=True)
     user = settings.env.get("CAMPAIGNOPS_AIRFLOW_USER", ADMIN_USER)
     _write_private(home / "simple_auth_manager_passwords.json",
-                   json.dumps({user: settings.env["CAMPAIGNOPS_AIRFLOW_PASSWORD"]}) + "\n")
+                   json.dumps({user: settings.env["CAMPAIGNOPS_AIRFLOW_PASSWORD"], **people(settings)}) + "\n")
     launcher = Path(__file__).with_name("airflow_launcher.py")
     return [sys.executable, str(launcher)], airflow_env(settings), home
 
@@ -597,6 +618,29 @@ def up(settings: Settings, services: Iterable[str] = SERVICES,
                 f"{time.monotonic() - t0:.1f}s)")
         if service == "s3":
             _ensure_bucket(settings)
+        if service == "mlflow" and mlflow_auth_available():
+            _ensure_mlflow_people(settings)
+
+
+def _ensure_mlflow_people(settings: Settings) -> None:
+    """The people's MLflow accounts (basic-auth users; the server's default permission READ lets
+    them read everything and change nothing), created by the service account, passwords kept in
+    step with people_file()."""
+    import requests
+
+    base, auth = _local_url(settings, "mlflow"), (settings.env["MLFLOW_TRACKING_USERNAME"],
+                                                  settings.env["MLFLOW_TRACKING_PASSWORD"])
+    for name, password in people(settings).items():
+        r = requests.post(f"{base}/api/2.0/mlflow/users/create", auth=auth, timeout=10,
+                          json={"username": name, "password": password})
+        if r.status_code == 200:
+            continue
+        if "RESOURCE_ALREADY_EXISTS" not in r.text and "already exists" not in r.text:
+            raise StackError(f"MLflow: creating user {name!r} answered {r.status_code}: {r.text[:200]}")
+        r = requests.patch(f"{base}/api/2.0/mlflow/users/update-password", auth=auth, timeout=10,
+                           json={"username": name, "password": password})
+        if r.status_code != 200:
+            raise StackError(f"MLflow: updating user {name!r} answered {r.status_code}: {r.text[:200]}")
 
 
 def _ensure_bucket(settings: Settings) -> None:

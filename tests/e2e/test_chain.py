@@ -337,3 +337,56 @@ def test_days_land_retrain_in_order_each_gated_and_feedback_compares_forecast_wi
     report = store.get_json(next(k for k in keys if k.endswith("report.json")))
     outside = report.get("outside_interval") or []
     assert (state == "flagged") == bool(outside), (state, outside)
+
+
+def test_roles_are_enforced_by_the_servers(stack):
+    """Who may do what, answered by Airflow and MLflow themselves: the engineer may trigger a DAG,
+    the auditor may read but not trigger; only the pipeline's service account may register a
+    version or move an alias (the engineer and the auditor get 403)."""
+    import mlflow
+    import requests
+
+    from campaignops.infra import stack as infra
+    from campaignops.infra.airflow_client import AirflowClient
+
+    from campaignops.config import apply_env
+
+    settings = stack
+    apply_env(settings)
+    people = infra.people(settings)
+    assert set(people) == {"engineer", "auditor"}
+    assert infra.people_file(settings).stat().st_mode & 0o777 == 0o600
+
+    engineer = AirflowClient(settings.airflow_url, "engineer", people["engineer"])
+    auditor = AirflowClient(settings.airflow_url, "auditor", people["auditor"])
+    engineer.wait_for_dag("campaign_adjust", timeout=300)
+    body = {"logical_date": None, "conf": {}}
+    assert auditor.request("GET", "/api/v2/dags/campaign_adjust").status_code == 200      # reads
+    assert auditor.request("POST", "/api/v2/dags/campaign_adjust/dagRuns", json=body).status_code == 403
+    r = engineer.request("POST", "/api/v2/dags/campaign_adjust/dagRuns", json=body)   # paused: queued, never runs
+    assert r.status_code in (200, 201), r.text
+    assert engineer.request("PATCH", "/api/v2/dags/campaign_adjust", json={"is_paused": True}).status_code != 403
+
+    # MLflow: the service account registers a probe model and version; people cannot change it.
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    service = mlflow.MlflowClient()
+    name = "roles_probe"
+    service.create_registered_model(name)
+    with mlflow.start_run() as run:
+        mlflow.log_text("probe", "probe/readme.txt")
+    version = service.create_model_version(name, f"runs:/{run.info.run_id}/probe", run_id=run.info.run_id)
+    service.set_registered_model_alias(name, "champion", version.version)
+    base = settings.mlflow_uri.rstrip("/")
+    alias = {"name": name, "alias": "champion", "version": str(version.version)}
+    for who in ("engineer", "auditor"):
+        auth = (who, people[who])
+        got = requests.get(f"{base}/api/2.0/mlflow/registered-models/alias", auth=auth, timeout=10,
+                           params={"name": name, "alias": "champion"})
+        assert got.status_code == 200 and got.json()["model_version"]["version"] == str(version.version)
+        assert requests.post(f"{base}/api/2.0/mlflow/registered-models/alias", json=alias, auth=auth,
+                             timeout=10).status_code == 403, who
+        assert requests.post(f"{base}/api/2.0/mlflow/model-versions/create", auth=auth, timeout=10,
+                             json={"name": name, "source": f"runs:/{run.info.run_id}/probe"}).status_code == 403, who
+    assert requests.post(f"{base}/api/2.0/mlflow/registered-models/alias", json=alias, timeout=10,
+                         auth=(settings.env["MLFLOW_TRACKING_USERNAME"],
+                               settings.env["MLFLOW_TRACKING_PASSWORD"])).status_code == 200

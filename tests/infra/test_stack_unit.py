@@ -216,3 +216,17 @@ def test_trigger_sends_null_logical_date():
 def test_render_log_plain_and_structured():
     assert _render_log("plain") == "plain"
     assert "INFO hello" in _render_log([{"level": "info", "event": "hello"}, "raw line"])
+
+
+def test_people_accounts_are_private_stable_and_given_their_roles(settings):
+    stack.ensure_credentials(settings)
+    first = stack.people(settings)
+    assert set(first) == {"engineer", "auditor"} and all(len(p) >= 20 for p in first.values())
+    assert stack.people_file(settings).stat().st_mode & 0o777 == 0o600
+    assert stack.people(settings) == first                       # generated once, reused
+    users = stack.airflow_env(settings)["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(",")
+    assert users == [f"{settings.env['CAMPAIGNOPS_AIRFLOW_USER']}:admin", "engineer:user", "auditor:viewer"]
+    assert not set(first.values()) & set(stack._base_env(settings).values())   # never in the pipeline's env
+    stack._airflow_spec(settings)
+    passwords = json.loads((stack.airflow_home(settings) / "simple_auth_manager_passwords.json").read_text())
+    assert {k: passwords[k] for k in first} == first
