@@ -251,12 +251,53 @@ def _crossfit(k: int, mlflow: Optional[bool]) -> None:
 
 
 @app.command()
-def promote(rollback: bool = typer.Option(False, help="make the previous champion the champion again")) -> None:
-    """Register the gated candidate and move the `champion` alias to it."""
+def promote(rollback: bool = typer.Option(False, help="make the previous champion the champion again"),
+            approve: bool = typer.Option(False, "--approve", help="challenger mode: make the current `challenger` "
+                                                                  "the champion"),
+            force: bool = typer.Option(False, "--force", help="override: make the candidate (or --version N) champion "
+                                                              "whatever the gate said; needs --reason"),
+            reason: Optional[str] = typer.Option(None, "--reason", help="why (required with --force; recorded)"),
+            version: Optional[str] = typer.Option(None, "--version", help="with --force: this registered version "
+                                                                          "instead of the evaluated candidate"),
+            show_history: bool = typer.Option(False, "--history", help="print the promotion log (S3 promotions/) "
+                                                                       "checked against the registry"),
+            as_json: bool = typer.Option(False, "--json", help="with --history: the records as JSON")) -> None:
+    """Register the gated candidate and move the `champion` alias to it (params promote.mode challenger: the
+    `challenger` alias). Every alias change is recorded in the promotion log (S3 promotions/). A gate refusal
+    prints {"promoted": false, "reasons": ...} (exit 0, as before); exit 2 when the request cannot be served
+    (an override without --reason, unreadable model artifacts, nothing to roll back or approve)."""
+    from rich.markup import escape
+
     from campaignops.pipelines import promote as step
 
     settings = load_settings()
-    _print(step.rollback(settings) if rollback else step.run(settings))
+    if sum([rollback, approve, show_history, force]) > 1:
+        console.print("[red]error:[/] give one of --rollback, --approve, --force, --history")
+        raise typer.Exit(2)
+    if show_history:
+        records = step.history(settings)
+        if as_json:
+            _print(records)
+            return
+        name = settings.params["train"]["model_name"]
+        table = Table(*step.HISTORY_COLUMNS, title=f"promotion log of {name} (S3 promotions/{name}/)")
+        for row in step.table_rows(records):
+            table.add_row(*(escape(c) for c in row))
+        console.print(table)
+        if not records:
+            console.print("[yellow]no alias change recorded yet[/]")
+        return
+    try:
+        if rollback:
+            out = step.rollback(settings, reason=reason)
+        elif approve:
+            out = step.approve(settings, reason=reason)
+        else:
+            out = step.run(settings, force=force, reason=reason, version=version)
+    except step.PromotionError as exc:
+        console.print(f"[red]promote refused:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2)
+    _print(out)
 
 
 @app.command()
@@ -351,6 +392,40 @@ def adjust(campaign_id: Optional[str] = typer.Option(None, help="running campaig
         console.print(f"[red]adjust refused:[/] {exc}", soft_wrap=True)
         raise typer.Exit(2)
     _print(results)
+
+
+@app.command("lineage")
+def lineage(ref: str = typer.Argument(..., help="a scores manifest URI (s3://…/manifest.json), a campaign id (its "
+                                                "latest run), a model version (3, name/3, models:/name/3) or an MLflow run id"),
+            html: Optional[str] = typer.Option(None, "--html", help="also write the chain as one self-contained HTML page here"),
+            as_json: bool = typer.Option(False, "--json", help="print the chain as JSON instead of a table"),
+            max_download_mb: float = typer.Option(512.0, help="bytes re-read to re-hash objects; beyond it, objects "
+                                                              "are checked by size only (unverifiable)")) -> None:
+    """Trace a scored row back to its raw batch: scores parts → manifest → model version → MLflow
+    run → git sha + dvc.lock → DVC data → validation + Data Docs → raw batch, each hop checked.
+    Exit 0: every hop verified or unverifiable; 1: a mismatch (a hash, size, row count or id differs);
+    3: no mismatch but something the chain points at is missing; 2: the reference resolves to nothing."""
+    from pathlib import Path
+
+    from campaignops.pipelines import lineage as lin
+
+    try:
+        chain = lin.trace(load_settings(), ref, max_bytes=int(max_download_mb * (1 << 20)))
+    except lin.LineageError as exc:
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(2)
+    if html:
+        Path(html).write_text(lin.render_html(chain))
+    if as_json:
+        typer.echo(json.dumps(chain, indent=2, default=str))
+    else:
+        typer.echo(lin.render_text(chain, width=console.width or 160))
+        if html:
+            typer.echo(f"page: {html}")
+    if chain["counts"]["mismatch"]:
+        raise typer.Exit(1)
+    if chain["counts"]["missing"]:
+        raise typer.Exit(3)
 
 
 if __name__ == "__main__":

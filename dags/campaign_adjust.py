@@ -27,6 +27,11 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
+from campaignops.config import load_settings
+from campaignops.pipelines.assets import ALLOCATIONS, SCORES, VALIDATED, lineage
+
+ASSETS = lineage(load_settings().bucket)
+
 
 @dag(
     schedule=CronTriggerTimetable("0 6 * * *", timezone="UTC"),
@@ -49,19 +54,18 @@ def campaign_adjust():
     @task(doc_md="The campaigns to allocate on the date: the one named, else every running one with a plan "
                  "(or starting that day).")
     def due(params=None) -> list[str]:
-        from campaignops.config import load_settings
         from campaignops.pipelines import adjust
 
         if params.get("campaign_id"):
             return [params["campaign_id"]]
         return adjust.due(load_settings(), params.get("date"))
 
-    @task(doc_md="Write the campaign's plan or a new allocation version from its landed outcomes; return its "
+    @task(inlets=[ASSETS[SCORES], ASSETS[VALIDATED]], outlets=[ASSETS[ALLOCATIONS]],
+          doc_md="Write the campaign's plan or a new allocation version from its landed outcomes; return its "
                  "summary (idempotent: a repeated day returns the committed version).")
     def adjust(campaign_id: str, params=None) -> dict:
         from airflow.exceptions import AirflowFailException
 
-        from campaignops.config import load_settings
         from campaignops.pipelines import adjust as step
 
         try:

@@ -25,6 +25,11 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
+from campaignops.config import load_settings
+from campaignops.pipelines.assets import FEEDBACK, SCORES, VALIDATED, lineage
+
+ASSETS = lineage(load_settings().bucket)
+
 
 @dag(
     # 05:00 UTC: after campaign_retrain (03:00) has validated the day's batch with the outcomes.
@@ -45,12 +50,12 @@ from airflow.sdk import CronTriggerTimetable, Param, dag, task
     },
 )
 def campaign_feedback():
-    @task(doc_md="Measure the actual effect of each due campaign's sends; write the reports, the link and the "
+    @task(inlets=[ASSETS[SCORES], ASSETS[VALIDATED]], outlets=[ASSETS[FEEDBACK]],
+          doc_md="Measure the actual effect of each due campaign's sends; write the reports, the link and the "
                  "MLflow run; return one summary per campaign (idempotent).")
     def compare(params=None) -> list[dict]:
         from airflow.exceptions import AirflowFailException
 
-        from campaignops.config import load_settings
         from campaignops.pipelines import feedback
 
         try:

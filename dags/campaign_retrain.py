@@ -27,9 +27,11 @@ from datetime import datetime, timedelta
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
 from campaignops.config import load_settings
-from campaignops.pipelines.assets import CHAMPION, RAW_BATCH, airflow_assets
+from campaignops.pipelines.assets import (CHAMPION, DAY_RECORDS, FEATURES, MODEL_RUNS, QUARANTINE, RAW_BATCH,
+                                          VALIDATED, airflow_assets, lineage)
 
 ASSETS = airflow_assets(load_settings().bucket)
+LINEAGE = lineage(load_settings().bucket)   # RAW_BATCH and CHAMPION as lineage inlets (no asset semantics)
 
 
 @dag(
@@ -64,7 +66,7 @@ def campaign_retrain():
             return False
         return planned
 
-    @task
+    @task(inlets=[LINEAGE[RAW_BATCH]])
     def ingest(planned: dict) -> dict:
         from campaignops.pipelines.ingest import ingest
 
@@ -82,7 +84,7 @@ def campaign_retrain():
 
         return summary(gate_training(load_settings()))
 
-    @task
+    @task(inlets=[ASSETS[FEATURES], ASSETS[MODEL_RUNS], LINEAGE[CHAMPION]])
     def evaluate() -> dict:
         from campaignops.pipelines.evaluate import run
 
@@ -90,7 +92,7 @@ def campaign_retrain():
         return {k: report.get(k) for k in ("passed", "reasons", "candidate", "champion_version", "run_id",
                                            "model_uri", "reused")}
 
-    @task(outlets=[ASSETS[CHAMPION]])
+    @task(inlets=[ASSETS[MODEL_RUNS]], outlets=[ASSETS[CHAMPION], LINEAGE[CHAMPION]])
     def promote(evaluation: dict) -> dict:
         from airflow.exceptions import AirflowSkipException
 
@@ -103,7 +105,7 @@ def campaign_retrain():
             raise AirflowSkipException("not promoted: " + "; ".join(out.get("reasons", [])))
         return out
 
-    @task(trigger_rule="none_failed")
+    @task(trigger_rule="none_failed", outlets=[ASSETS[DAY_RECORDS]])
     def record(planned: dict, evaluation: dict, promotion: dict | None = None, dag_run=None) -> dict:
         from campaignops.pipelines import retrain_day
 
@@ -112,9 +114,11 @@ def campaign_retrain():
         return {k: out[k] for k in ("batch", "promoted", "version", "champion_after")}
 
     planned = plan()
-    validate = dvc_stage.override(task_id="validate")("validate")
-    features = dvc_stage.override(task_id="features")("features")
-    train = dvc_stage.override(task_id="train")("train")
+    validate = dvc_stage.override(task_id="validate", inlets=[LINEAGE[RAW_BATCH]],
+                                  outlets=[ASSETS[VALIDATED], ASSETS[QUARANTINE]])("validate")
+    features = dvc_stage.override(task_id="features", inlets=[ASSETS[VALIDATED]],
+                                  outlets=[ASSETS[FEATURES]])("features")
+    train = dvc_stage.override(task_id="train", inlets=[ASSETS[FEATURES]], outlets=[ASSETS[MODEL_RUNS]])("train")
     evaluation = evaluate()
     promotion = promote(evaluation)
     ingest(planned) >> validate >> features >> drift_check() >> train >> evaluation

@@ -19,6 +19,11 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
 
+from campaignops.config import load_settings
+from campaignops.pipelines.assets import CHAMPION, SCORES, VALIDATED, lineage
+
+ASSETS = lineage(load_settings().bucket)
+
 @dag(
     schedule=None,
     start_date=datetime(2026, 1, 1),
@@ -47,7 +52,6 @@ def campaign_score():
     def check_request(params=None) -> dict:
         from airflow.exceptions import AirflowFailException
 
-        from campaignops.config import load_settings
         from campaignops.pipelines import score_request
 
         try:
@@ -58,9 +62,8 @@ def campaign_score():
             raise AirflowFailException(f"score refused: {exc}") from None
         return {"campaign_id": req.campaign_id, "budget": req.budget, "validated_batch": req.validation["batch"]}
 
-    @task
+    @task(inlets=[ASSETS[CHAMPION], ASSETS[VALIDATED]], outlets=[ASSETS[SCORES]])
     def score(request: dict, params=None, dag_run=None) -> dict:
-        from campaignops.config import load_settings
         from campaignops.pipelines import score
 
         manifest = score.run(load_settings(), campaign_id=request["campaign_id"], budget=request["budget"],

@@ -419,8 +419,20 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         # Off only where every run is triggered by hand and measured (the sandbox: e2e tests, DAG
         # benchmark); there, unpausing would also start the daily run for the latest interval.
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": settings._get("CAMPAIGNOPS_AIRFLOW_SCHEDULES", "True"),
+        # OpenLineage events of every task (inputs/outputs: the tasks' inlets/outlets, pipelines/assets.py):
+        # appended to a file by default; CAMPAIGNOPS_OPENLINEAGE_TRANSPORT (the provider's JSON transport
+        # config, e.g. {"type": "http", "url": "http://marquez:5000"}) sends them elsewhere.
+        "AIRFLOW__OPENLINEAGE__NAMESPACE": "campaignops",
+        "AIRFLOW__OPENLINEAGE__TRANSPORT": settings._get("CAMPAIGNOPS_OPENLINEAGE_TRANSPORT", json.dumps(
+            {"type": "file", "log_file_path": str(openlineage_file(settings)), "append": True})),
     })
+    openlineage_file(settings).parent.mkdir(parents=True, exist_ok=True)
     return env
+
+
+def openlineage_file(settings: Settings) -> Path:
+    """Where the default transport appends the OpenLineage events (one JSON event per line)."""
+    return settings.state_dir / "openlineage" / "events.jsonl"
 
 
 def _airflow_spec(settings: Settings) -> tuple[list[str], dict[str, str], Path]:

@@ -118,8 +118,10 @@ def run_campaign(settings: Settings, store: ObjectStore, day: int, users: int, s
     delay = int(settings.params["data"]["sim"]["outcome_delay_days"])
 
     def batch(d: int) -> dict:
+        # replace: the static and the adjusted run land the same dates with other sends (a what-if in
+        # the experiment's own store; raw batch ids are immutable anywhere else)
         m = synth.generate(settings, users=users, seed=seed, store=store, progress=False,
-                           date=(start + timedelta(days=d)).isoformat())
+                           date=(start + timedelta(days=d)).isoformat(), replace=True)
         land(settings, store, m)
         return m
 

@@ -284,19 +284,19 @@ def run(settings: Settings) -> dict:
               "adjustment": adjustment}
     predictions = holdout_predictions(frame, {family.NETWORK: p_candidate, **baseline_p})
     with mlflow.start_run(run_id=record["run_id"]):
-        mlflow.log_metrics({f"holdout_{k}": v for k, v in candidate.items() if np.isfinite(v)})
-        for name, res in baselines.items():
-            mlflow.log_metrics({f"baseline_{name}.{k}": v for k, v in res.items() if np.isfinite(v)})
-        mlflow.log_metrics(reference_metrics_flat(references))
-        mlflow.log_metrics(new_campaigns.flat_metrics(unseen))
         from campaignops.pipelines.adjust_eval import flat_metrics as adjustment_metrics
 
-        mlflow.log_metrics(adjustment_metrics(adjustment))
-        mlflow.set_tags({"gate.passed": str(passed), "family.served": choice["served"]})
+        metrics = {holdout_metric_name(k): v for k, v in candidate.items() if np.isfinite(v)}
+        for name, res in baselines.items():
+            metrics.update({f"baseline_{name}.{k}": v for k, v in res.items() if np.isfinite(v)})
+        metrics.update(reference_metrics_flat(references))
+        metrics.update(new_campaigns.flat_metrics(unseen))
+        metrics.update(adjustment_metrics(adjustment))
         for name, v in vs_baselines.items():
-            mlflow.log_metrics({f"baseline_{name}.candidate_lead": v["lead"],
-                                f"baseline_{name}.candidate_lead_sd": v["sd"]})
-            mlflow.set_tag(f"vs_baseline.{name}", v["verdict"])
+            metrics.update({f"baseline_{name}.candidate_lead": v["lead"], f"baseline_{name}.candidate_lead_sd": v["sd"]})
+        log_metrics_once(mlflow, record["run_id"], metrics)
+        mlflow.set_tags({"gate.passed": str(passed), "family.served": choice["served"],
+                         **{f"vs_baseline.{name}": v["verdict"] for name, v in vs_baselines.items()}})
         path = ws / layout.REPORTS_DIR / "holdout_predictions.parquet"
         write_parquet(predictions, path)
         mlflow.log_artifact(str(path), artifact_path="evaluation")
@@ -381,6 +381,23 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> None:
 
 
 EVALUATION_ARTIFACT = "evaluation/evaluation.json"
+
+
+def holdout_metric_name(key: str) -> str:
+    """The run's metric name of a candidate holdout figure: holdout_<key> (holdout_rows, not
+    holdout_holdout_rows)."""
+    return key if key.startswith("holdout_") else f"holdout_{key}"
+
+
+def log_metrics_once(mlflow, run_id: str, metrics: dict) -> dict:
+    """Log each evaluation metric to the candidate's run once: a metric the run already has (an
+    earlier attempt interrupted before its evaluation.json went in) is not logged again, so every
+    holdout metric has one value in the run's history. Returns what was logged."""
+    have = set(mlflow.MlflowClient().get_run(run_id).data.metrics)
+    new = {k: float(v) for k, v in metrics.items() if k not in have}
+    if new:
+        mlflow.log_metrics(new)
+    return new
 
 
 def logged_evaluation(mlflow, run_id: str) -> dict | None:

@@ -11,6 +11,13 @@ Failpoints in use (campaignops.pipelines.run_commit.RunWriter):
                      (``part_uploaded:2`` = after the second part)
 - ``before_commit``  parts copied to their final keys, manifest not yet put
 - ``after_commit``   manifest put (the run is committed), latest.json and cleanup not yet done
+
+Failpoints in use (campaignops.pipelines.promote):
+
+- ``promote_registered``   model version registered (or reused), no record, no alias moved
+- ``promote_recorded``     the event's promotion record is put, no alias moved yet
+- ``promote_alias_moved``  after each alias assignment of an event (``promote_alias_moved:1`` =
+                           after the first, e.g. `previous` set, `champion` not yet)
 """
 from __future__ import annotations
 

@@ -49,6 +49,12 @@ def feedback_link_key(campaign_id: str, run_id: str) -> str:
     return scores_prefix(campaign_id, run_id) + "feedback.json"
 
 
+def promotion_log_prefix(model_name: str) -> str:
+    """The promotion log of a registered model (pipelines/promote.py): one immutable object per
+    alias change, ``<sortable UTC timestamp>-<event id>.json``."""
+    return f"promotions/{model_name}/"
+
+
 # Workspace paths (relative to the workspace root); DVC tracks the data/ ones.
 RAW_MANIFEST = Path("data/raw_manifest.json")
 VALIDATED_DIR = Path("data/validated")

@@ -62,6 +62,7 @@ def run(settings: Settings, campaign_id: str | None = None, budget=None, store: 
         log.info("score %s: run %s already committed: %s", req.campaign_id, run_id, existing["output"]["manifest"])
         writer.latest = _moves_latest(existing)
         writer.finalize(existing)   # repairs a writer killed between its manifest and latest.json
+        store_lineage(settings, store, existing, only_if_absent=True)
         return {**existing, "reused": True}
 
     model_uri = f"models:/{name}/{version.version}"
@@ -99,7 +100,8 @@ def run(settings: Settings, campaign_id: str | None = None, budget=None, store: 
 
     forecast = campaign_forecast(preds.p, preds.revenue, a.chosen, arm_ids, costs, vpr)
     manifest = _manifest(req, run_id, key, engine, version, a, arm_ids, costs, forecast, features)
-    manifest.update({"code": {"git_sha": tracking.git_revision(settings)}, "drift": drift, "context": context or {}})
+    manifest.update({"code": {"git_sha": tracking.git_revision(settings)}, "drift": drift,
+                     "context": run_context(context)})
     truth = _truth_check(settings, store, req.campaign_id, preds, arm_ids, a, forecast)
     if truth:
         manifest["truth_check"] = truth
@@ -117,7 +119,68 @@ def run(settings: Settings, campaign_id: str | None = None, budget=None, store: 
                     "the model targets nobody at this budget (no user's uplift pays for its send)")
     log.info("score %s: run %s committed in %.1f s: %s", req.campaign_id, run_id, time.perf_counter() - t0,
              manifest["output"]["manifest"])
+    store_lineage(settings, store, manifest)
     return manifest
+
+
+LINEAGE_PAGE = "lineage.html"
+
+
+def run_context(context: dict | None) -> dict:
+    """Who and what started the run, for the manifest: the caller's context (Airflow passes dag_id
+    and dag_run_id) plus the triggering user — context["triggered_by"], else $CAMPAIGNOPS_TRIGGERED_BY,
+    else the Airflow dag run's triggering_user_name (inside a task), else the OS user outside Airflow."""
+    import getpass
+    import os
+
+    ctx = dict(context or {})
+    if ctx.get("triggered_by"):
+        return ctx
+    user, source = os.environ.get("CAMPAIGNOPS_TRIGGERED_BY"), "env CAMPAIGNOPS_TRIGGERED_BY"
+    in_airflow = bool(ctx.get("dag_id") or os.environ.get("AIRFLOW_CTX_DAG_ID"))
+    if not user and in_airflow:
+        try:
+            from airflow.sdk import get_current_context
+
+            dag_run = get_current_context().get("dag_run")
+            user, source = getattr(dag_run, "triggering_user_name", None), "airflow dag_run.triggering_user_name"
+        except Exception:   # not inside a running task, or an Airflow without the field
+            user = None
+    if not user and not in_airflow:
+        try:
+            user, source = getpass.getuser(), "os user"
+        except Exception:
+            user = None
+    if user:
+        ctx.update(triggered_by=str(user), triggered_by_source=source)
+    return ctx
+
+
+def store_lineage(settings: Settings, store: ObjectStore, manifest: dict, only_if_absent: bool = False) -> str | None:
+    """Write the run's lineage page (pipelines/lineage.py) beside its committed manifest:
+    scores/<campaign>/<run>/lineage.html. Derived and rewritable, so it goes after the commit (the
+    manifest and parts are untouched, run_commit cleanup never removes it); re-reading is bounded
+    by params score.lineage_max_mb (default 64; over it, parts are checked by size only). Never
+    fails the scoring run: a failure is logged and None returned."""
+    try:
+        key = store.key(manifest["output"]["manifest"]).rpartition("/")[0] + "/" + LINEAGE_PAGE
+        if only_if_absent and store.exists(key):
+            return store.uri(key)
+        from campaignops.pipelines import lineage
+
+        max_mb = float(settings.params["score"].get("lineage_max_mb", 64))
+        chain = lineage.trace(settings, manifest["output"]["manifest"], store=store, max_bytes=int(max_mb * (1 << 20)))
+        body = lineage.render_html(chain).encode()
+        if hasattr(store, "client"):
+            store.client.put_object(Bucket=store.bucket, Key=key, Body=body, ContentType="text/html; charset=utf-8")
+        else:
+            store.put_bytes(key, body)
+        log.info("score: lineage %s (%s) at %s", chain["status"], ", ".join(
+            f"{v} {k}" for k, v in chain["counts"].items() if v), store.uri(key))
+        return store.uri(key)
+    except Exception as exc:   # the page is a convenience; the committed run stands without it
+        log.warning("score: lineage page not written: %s", exc)
+        return None
 
 
 def request_key(settings: Settings, req: Request, model_version: str) -> dict:

@@ -1,7 +1,9 @@
 """Synthetic campaign batches with known truth: the world (sim_world.py) as of a date
 (sim_clock.py), with the exposures its campaigns' policies produced (sim_responses.py), written to
 raw/<batch>/ as parquet parts (the raw data contract), the true response probability of every arm
-under raw/<batch>/_truth/, and raw/<batch>/_manifest.json written last.
+under raw/<batch>/_truth/, and raw/<batch>/_manifest.json written last (a conditional put: a raw
+batch id is immutable; landing the identical batch again is a no-op, other content under a landed
+id is refused with ingest.BatchExists — pipelines/ingest.py has the rules).
 
 Without a date, the batch is the world at its origin (params data.sim.start_date) with no horizon:
 4 past randomized campaigns and the upcoming one. With a date (day d of the simulation), the
@@ -106,6 +108,29 @@ class LocalStore:
             self._path(k).unlink()
         return len(keys)
 
+    def delete_keys(self, keys) -> int:
+        keys = list(keys)
+        for k in keys:
+            self._path(k).unlink(missing_ok=True)
+        return len(keys)
+
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        """Create `key` only if absent (atomic: the bytes go to a temp file, hard-linked into place)."""
+        import os
+
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".put-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.link(tmp, dest)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+
 
 # --------------------------------------------------------------------------- one chunk
 
@@ -198,9 +223,12 @@ def _chunk(cs: np.random.SeedSequence, w: sim_world.World, day: Day, first: int,
 
 # --------------------------------------------------------------------------- entry point
 
-def _part_key(batch: str, table: str, i: int) -> str:
-    prefix = layout.truth_prefix(batch) if table == TRUTH_TABLE else layout.raw_prefix(batch, table)
-    return f"{prefix}part-{i:05d}.parquet"
+def _part_key(batch: str, table: str, i: int, path: Path) -> str:
+    """part-NNNNN-<sha256[:16]>.parquet: content-addressed, so a lander with other bytes never
+    overwrites a landed batch's part (pipelines/ingest.py)."""
+    from campaignops.pipelines.ingest import part_key
+
+    return part_key(layout.truth_prefix(batch) if table == TRUTH_TABLE else layout.raw_prefix(batch, table), i, path)
 
 
 def _decisions(store, w: sim_world.World, clock: sim_clock.Clock) -> dict[str, sim_responses.Decision]:
@@ -239,14 +267,20 @@ def _sim_block(w: sim_world.World, day: Day, new_users: int) -> dict:
 
 def generate(settings: Settings, users: int | None = None, seed: int | None = None, batch: str | None = None,
              store=None, progress: bool = True, chunk_size: int = CHUNK_USERS, date=None,
-             broken_outcomes: bool = False) -> dict:
+             broken_outcomes: bool = False, replace: bool = False) -> dict:
     """Write a synthetic batch to raw/<batch>/ (one parquet part per chunk of users and table,
     truth under raw/<batch>/_truth/, the manifest last). Returns the manifest.
 
     `date` (ISO date within params data.sim's calendar): the world's snapshot as of that midnight,
     batch id = the date by default; the campaigns of simulated days use the scores runs committed
     in `store` by now. `broken_outcomes`: shuffle responded/revenue across each part's exposures
-    (a broken CRM export, for tests of the evaluation gate)."""
+    (a broken CRM export, for tests of the evaluation gate).
+
+    A batch id is immutable: if raw/<batch>/_manifest.json exists, the batch is generated and only
+    compared (nothing is written): the identical batch returns the landed manifest, other content
+    raises ingest.BatchExists (a ValueError) naming the batch. `replace`: delete and rewrite a
+    landed batch instead — for what-if simulations in a scratch store only (adjust_sim), never for
+    the platform's raw data."""
     p = settings.params["data"]
     users = int(users if users is not None else p["users"])
     seed = int(seed if seed is not None else p["seed"])
@@ -268,19 +302,25 @@ def generate(settings: Settings, users: int | None = None, seed: int | None = No
     cats = sim_world.categories(w.n_categories)
     stats = sim_responses.TruthStats([c for c in calendar if clock.status(c) != sim_clock.PENDING])
 
-    # A rerun leaves nothing stale: the commit marker goes first, then every old part.
-    store.delete_prefix(layout.raw_manifest_key(batch))
-    store.delete_prefix(f"raw/{batch}/")
+    from campaignops.pipelines import ingest
+
+    if replace:   # a scratch store's what-if rerun: the commit marker goes first, then every old part
+        store.delete_prefix(layout.raw_manifest_key(batch))
+        store.delete_prefix(f"raw/{batch}/")
+    landed = ingest.landed_manifest(store, batch)   # set: generate only to compare, write nothing
 
     files: dict[str, list[str]] = {t: [] for t in (*tables, TRUTH_TABLE)}
     rows: dict[str, int] = {t: 0 for t in files}
+    written: list[str] = []
     tmpdir = Path(tempfile.mkdtemp(prefix="synth-"))
 
     def put(table: str, data: pa.Table) -> None:
-        key = _part_key(batch, table, len(files[table]))
         path = tmpdir / f"{table}.parquet"
         pq.write_table(data, path, compression="zstd")
-        store.upload_file(path, key)
+        key = _part_key(batch, table, len(files[table]), path)
+        if landed is None:
+            store.upload_file(path, key)
+            written.append(key)
         path.unlink()
         files[table].append(key)
         rows[table] += data.num_rows
@@ -326,5 +366,6 @@ def generate(settings: Settings, users: int | None = None, seed: int | None = No
         "truth": {"files": files[TRUTH_TABLE], "rows": rows[TRUTH_TABLE],
                   "stats": stats.summary(upcoming.campaign_id)},
     }
-    store.put_json(layout.raw_manifest_key(batch), manifest)  # last: the commit marker
-    return manifest
+    if landed is not None:   # the id is taken: the same batch is a no-op, other content is refused
+        return ingest.settle_landed(store, batch, landed, manifest)
+    return ingest.commit_batch(store, batch, manifest, written)  # last: the commit marker (conditional put)

@@ -8,6 +8,10 @@ from importlib.metadata import version
 from campaignops.config import Settings, apply_env
 
 EXPERIMENT = "campaignops"
+# MLflow 3's experiment kind: the UI opens the experiment in its model-training view (runs, models)
+# rather than the GenAI one (traces); values: custom_model_development | genai_development.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 MODEL_REQUIREMENTS = ("tensorflow-cpu", "keras", "mlflow", "numpy", "pandas", "pyarrow")
 
 
@@ -17,7 +21,9 @@ def configure(settings: Settings):
     import mlflow
 
     mlflow.set_tracking_uri(settings.mlflow_uri)
-    mlflow.set_experiment(EXPERIMENT)
+    experiment = mlflow.set_experiment(EXPERIMENT)
+    if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):   # new, or created before the tag was set
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return mlflow
 
 

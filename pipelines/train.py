@@ -17,6 +17,73 @@ from campaignops.pipelines.scoring_frames import attach_arms
 from campaignops.pipelines.storage import atomic_dir, sha256_file, write_json
 
 
+# The feature files a run trains on, logged as its inputs (name, MLflow input context).
+DATASETS = (("train", "training"), ("valid", "validation"), ("holdout", "holdout"), ("arms", "arms"))
+# The workspace's dvc.lock as the run saw it (pipelines/lineage.py reads exactly this path). In a
+# `dvc repro` DVC writes a stage's lock entry after the stage completes, so while train runs the
+# lock holds this run's validate and features entries (the inputs: what matters) and the previous
+# run's train entry; outside DVC (`campaignops train` alone) it is whatever the last repro locked.
+DVC_LOCK_ARTIFACT = "lineage/dvc.lock"
+MLFLOW_DIGEST_MAX = 36   # MLflow's limit on a dataset digest (mlflow.utils.validation.MAX_DATASET_DIGEST_SIZE)
+
+
+def run_name(meta: dict) -> str:
+    """`retrain <date> <batch>`, the date being the batch's as-of day (`retrain <date>` when the
+    batch id is that date, as the simulator's and the daily DAG's are)."""
+    batch = str(meta.get("batch") or "unknown-batch")
+    day = str(meta.get("now") or "")[:10] or "undated"
+    return f"retrain {day}" if batch == day else f"retrain {day} {batch}"
+
+
+def locked_md5(lock_text: str | None, stage: str, path: str) -> str | None:
+    """The md5 dvc.lock records for output `path` of `stage` (None without a lock or entry)."""
+    if not lock_text:
+        return None
+    import yaml
+
+    try:
+        outs = ((yaml.safe_load(lock_text) or {}).get("stages") or {}).get(stage, {}).get("outs") or []
+    except (yaml.YAMLError, AttributeError):
+        return None
+    return next((o.get("md5") for o in outs if isinstance(o, dict) and o.get("path") == path), None)
+
+
+def run_description(meta: dict, params: dict, rows: dict, features_md5: str | None) -> str:
+    """The run's description (MLflow note): what this run is, for someone auditing it."""
+    dvc = f" (DVC md5 `{features_md5}` in `{DVC_LOCK_ARTIFACT}`)" if features_md5 else ""
+    return (f"Candidate campaign-response model (`{params.get('model_name')}`) retrained on raw batch "
+            f"`{meta.get('batch')}`, data as of {meta.get('now')}. Inputs: the batch's point-in-time features "
+            f"`{layout.FEATURES_DIR}`{dvc}: {rows.get('train', 0):,} train, {rows.get('valid', 0):,} valid and "
+            f"{rows.get('holdout', 0):,} holdout exposures (logged as the run's datasets, digest = the "
+            f"`dataset.<file>.sha256` tags). Recipe: params `train.*` (ensemble {params.get('ensemble', 1)}, "
+            f"at most {params.get('epochs')} epochs) and baselines {', '.join(params.get('baselines', [])) or 'none'}. "
+            "The evaluate step logs the holdout metrics (`holdout_*`, `baseline_*`) and the gate verdict "
+            "(`gate.passed`) to this run; promote registers the served model as a version when the gate passes.")
+
+
+def log_datasets(mlflow, fdir, hashes: dict, features_md5: str | None) -> None:
+    """Each feature file as an input of the active run: a metadata-only dataset (name, digest =
+    its sha256 cut to MLflow's 36-character limit, source = the file), with input tags `sha256`
+    (the full hash, = the run's `dataset.<file>.sha256` tag), `rows` and `dvc.md5` (the features
+    directory's md5 in dvc.lock, when there is one)."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    inputs = []
+    for name, context in DATASETS:
+        path = fdir / f"{name}.parquet"
+        ds = MetaDataset(resolve_dataset_source(str(path.resolve())), name=name,
+                         digest=hashes[name][:MLFLOW_DIGEST_MAX])
+        tags = {"mlflow.data.context": context, "sha256": hashes[name],
+                "rows": str(pq.ParquetFile(path).metadata.num_rows)}
+        if features_md5:
+            tags["dvc.md5"] = features_md5
+        inputs.append(DatasetInput(ds._to_mlflow_entity(), [InputTag(k, v) for k, v in tags.items()]))
+    run_id = mlflow.active_run().info.run_id
+    mlflow.MlflowClient().log_inputs(run_id, datasets=inputs)
+
+
 def load_split(settings: Settings, split: str, every_arm: bool = False):
     fdir = settings.workspace / layout.FEATURES_DIR
     rows = pq.read_table(fdir / f"{split}.parquet")
@@ -191,12 +258,20 @@ def run(settings: Settings) -> dict:
         model.save(keras_path)
         meta_path.write_text(json.dumps({**meta, "family": NETWORK}, indent=2, sort_keys=True))
         save_all(baselines, tmp / "baselines")
-        with mlflow.start_run() as run:
+        hashes = {name: sha256_file(fdir / f"{name}.parquet") for name, _ in DATASETS}
+        lock = ws / "dvc.lock"
+        lock_text = lock.read_text() if lock.is_file() else None   # as of now: see DVC_LOCK_ARTIFACT
+        features_md5 = locked_md5(lock_text, "features", layout.FEATURES_DIR.as_posix())
+        rows = {"train": len(y_train), "valid": len(y_valid), "holdout": int(meta.get("rows", {}).get("holdout", 0))}
+        with mlflow.start_run(run_name=run_name(meta),
+                              description=run_description(meta, params, rows, features_md5)) as run:
             mlflow.log_params({f"train.{k}": v for k, v in params.items()})
             mlflow.log_params({"features.seq_len": meta["seq_len"], "data.batch": meta.get("batch")})
-            mlflow.set_tags({f"dataset.{name}.sha256": sha256_file(fdir / name)
-                             for name in ("train.parquet", "valid.parquet", "holdout.parquet", "arms.parquet")})
+            mlflow.set_tags({f"dataset.{name}.parquet.sha256": h for name, h in hashes.items()})
             mlflow.set_tag("git_sha", tracking.git_revision(settings))
+            log_datasets(mlflow, fdir, hashes, features_md5)
+            if lock_text is not None:
+                mlflow.log_text(lock_text, DVC_LOCK_ARTIFACT)
             from campaignops.pipelines import drift
 
             drift.write_reference(fdir, meta, tmp / drift.REFERENCE_DIR, mlflow)  # the drift gate's training snapshot

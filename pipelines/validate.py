@@ -358,7 +358,11 @@ def run_gx(raws: dict[str, RawTable], now: datetime, run_id: str, gx_root: Path,
                   "successful": vr.statistics.get("successful_expectations"),
                   "seconds": round(time.perf_counter() - t0, 3)}
     ctx.build_data_docs()  # once, from the stored results of all four checkpoints
-    return gx_root / "gx" / "uncommitted" / "data_docs" / "local_site"
+    site = gx_root / "gx" / "uncommitted" / "data_docs" / "local_site"
+    from campaignops.validation.docs_offline import make_offline
+
+    make_offline(site)  # the index's tables as static HTML: readable without the CDN scripts
+    return site
 
 
 

@@ -113,6 +113,23 @@ def test_retrain_and_score_through_airflow(stack):
     for stage in ("validate", "features", "train"):
         assert repro(settings, stage, push=False)["ran"] is False
 
+    # OpenLineage: every task emitted its events (file transport), with the S3 datasets as inputs/outputs.
+    from campaignops.infra.stack import openlineage_file
+
+    events = [json.loads(line) for line in openlineage_file(settings).read_text().splitlines() if line.strip()]
+    done = {e["job"]["name"]: e for e in events if e.get("eventType") == "COMPLETE" and "job" in e}
+    assert {"campaign_retrain.validate", "campaign_retrain.features", "campaign_retrain.train",
+            "campaign_score.score"} <= set(done), sorted(done)
+
+    def names(event, side):
+        return {f"{d['namespace']}/{d['name']}" for d in event.get(side, [])}
+
+    bucket = f"s3://{settings.bucket}"
+    assert names(done["campaign_retrain.validate"], "outputs") >= {f"{bucket}/dvc/data/validated", f"{bucket}/quarantine"}
+    assert names(done["campaign_retrain.features"], "inputs") == {f"{bucket}/dvc/data/validated"}
+    assert names(done["campaign_retrain.features"], "outputs") == {f"{bucket}/dvc/data/features"}
+    assert names(done["campaign_score.score"], "outputs") == {f"{bucket}/scores"}
+
 
 def test_killed_scoring_leaves_no_partial_run_and_a_rerun_is_byte_identical(stack):
     """SIGKILL the scorer (failpoints) at six points; nothing partial is ever visible, the rerun
@@ -154,7 +171,8 @@ def test_killed_scoring_leaves_no_partial_run_and_a_rerun_is_byte_identical(stac
     assert proc.returncode == 0, proc.stderr[-2000:]
     [first] = new_runs()
     run_prefix = store.key(first["output"]["prefix"])
-    assert sorted(store.list_keys(run_prefix)) == sorted([run_prefix + "manifest.json"] + [p["key"] for p in first["parts"]])
+    assert sorted(store.list_keys(run_prefix)) == sorted([run_prefix + "manifest.json", run_prefix + "lineage.html"]
+                                                         + [p["key"] for p in first["parts"]])
     assert len(first["parts"]) >= 3
     reference = read_scores(store, first)
 

@@ -159,7 +159,8 @@ def test_a_version_is_immutable_and_a_rerun_returns_it(wrong, settings, store):
         adjust.run(settings, cid, date="2026-06-08", store=store)
     from campaignops.pipelines import synth
 
-    day6 = synth.generate(settings, users=USERS, seed=SEED, store=store, progress=False, date="2026-06-08")
+    day6 = synth.generate(settings, users=USERS, seed=SEED, store=store, progress=False, date="2026-06-08",
+                          replace=True)   # the experiment's own store: re-landed as the simulator does
     adjust_sim.land(settings, store, day6)                               # the last version's day, landed again
     before = store.list_keys(allocations.campaign_prefix(cid))
     again = adjust.run(settings, cid, store=store)

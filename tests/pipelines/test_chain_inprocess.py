@@ -65,6 +65,9 @@ def test_chain_registers_a_champion_and_scores_every_user(chain_env):
 
     logged_metrics = mlflow.MlflowClient().get_run(ev["run_id"]).data.metrics
     assert logged_metrics["new_campaigns.share_of_oracle"] == pytest.approx(unseen["pooled"]["share_of_oracle"])
+    # each holdout metric once, under one name (evaluate.log_metrics_once)
+    assert logged_metrics["holdout_rows"] == ev["candidate"]["holdout_rows"] and "holdout_holdout_rows" not in logged_metrics
+    assert len(mlflow.MlflowClient().get_metric_history(ev["run_id"], "holdout_auc")) == 1
     page = (settings.workspace / "reports/evaluation.html").read_text()
     assert "New campaigns: each left out" in page
     # Dynamic adjustment on the holdout (synthetic: outcomes from the truth) and the family served.
@@ -76,7 +79,7 @@ def test_chain_registers_a_champion_and_scores_every_user(chain_env):
     assert logged_metrics["adjustment.right.adjusted_regret"] == pytest.approx(adj["scenarios"]["right"]["adjusted_regret"])
     assert "Dynamic adjustment: regret vs the oracle" in page and "Served family:" in page
     assert ev["family"]["served"] in ("network", *ev["baselines"]) and ev["model_uri"] == ev["family"]["model_uri"]
-    first = promote.run(settings)
+    first = promote.run(settings, store=store)
     assert first["promoted"] and first["champion_version"] is not None
 
     budget = 50.0
@@ -113,7 +116,8 @@ def test_chain_registers_a_champion_and_scores_every_user(chain_env):
         assert out["users_targeted_by_model"] == 0 and not store.exists(latest_key)
     again = score.run(settings, budget=budget, store=store)                 # same request: a no-op
     assert again["reused"] and again["score_run_id"] == out["score_run_id"]
-    assert len(store.list_keys(out["output"]["prefix"].split(store.bucket + "/", 1)[1])) == 1 + len(out["parts"])
+    run_keys = store.list_keys(out["output"]["prefix"].split(store.bucket + "/", 1)[1])
+    assert len([k for k in run_keys if not k.endswith("/" + score.LINEAGE_PAGE)]) == 1 + len(out["parts"])
     settings.params["score"]["value_per_response"] = 0.0                    # no send can pay for itself
     nobody = score.run(settings, budget=budget, store=store)
     assert nobody["status"] == "no_targets" and nobody["users_targeted_by_model"] == 0
@@ -131,14 +135,14 @@ def test_chain_registers_a_champion_and_scores_every_user(chain_env):
     again = evaluate.run(settings)
     assert again["reused"] and again["passed"] and again["champion_version"] == ev["champion_version"]
     assert [f.path for f in client.list_artifacts(ev["run_id"], "evaluation")] == logged
-    assert promote.run(settings)["promoted"] is False
+    assert promote.run(settings, store=store)["promoted"] is False
     name = settings.params["train"]["model_name"]
     assert len(client.search_model_versions(f"name='{name}'")) == 1
     train.run(settings)
     evaluate.run(settings)
-    second = promote.run(settings)
+    second = promote.run(settings, store=store)
     assert second["promoted"] and second["previous_version"] == first["champion_version"]
-    back = promote.rollback(settings)
+    back = promote.rollback(settings, store=store)
     assert back["champion_version"] == first["champion_version"]
 
 
@@ -172,7 +176,7 @@ def test_a_pinned_baseline_is_registered_and_scores(chain_env):
     assert {"p_network", "uplift_network", "p_tlearner_gbt", "uplift_tlearner_gbt", "treatment", "responded"} <= set(cols)
     assert any(f.path.endswith("holdout_predictions.parquet")
                for f in mlflow.MlflowClient().list_artifacts(ev["run_id"], "evaluation"))
-    promoted = promote.run(settings)
+    promoted = promote.run(settings, store=store)
     assert promoted["promoted"]
     name = settings.params["train"]["model_name"]
     version = mlflow.MlflowClient().get_model_version(name, promoted["champion_version"])

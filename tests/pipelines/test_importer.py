@@ -365,9 +365,9 @@ def test_an_imported_log_trains_and_scores_on_the_imported_values(chain, tmp_pat
     saved = dict(os.environ)  # the steps export endpoints (config.apply_env): keep them out of other tests
     try:
         train.run(settings)
-        assert evaluate.run(settings)["passed"] and promote.run(settings)["promoted"]
         store = ObjectStore(settings, client=boto3.client("s3", region_name="us-east-1",
                                                           endpoint_url="https://s3.amazonaws.com"))
+        assert evaluate.run(settings)["passed"] and promote.run(settings, store=store)["promoted"]
         m = importer.load_mapping(MAPPING, COLUMNS)
         out = score.run(settings, campaign_id=m["campaign_id"], replay=True, store=store)
     finally:

@@ -10,7 +10,7 @@ import pytest
 
 from campaignops.config import Settings
 from conftest import moto_store, project_settings
-from campaignops.pipelines import layout, sim_world, synth
+from campaignops.pipelines import ingest, layout, sim_world, synth
 from campaignops.pipelines.storage import ObjectStore
 from campaignops.validation.contract import ALL_TABLES as TABLES  # the synthetic world writes the optional table too
 from campaignops.validation.contract import CHANNELS, CONTROL, EVENT_TYPES, SCHEMAS, TRUTH_SCHEMA
@@ -36,6 +36,15 @@ class RecordingStore(ObjectStore):
     def delete_prefix(self, prefix):
         self.ops.append(("delete", prefix))
         return super().delete_prefix(prefix)
+
+    def put_bytes_if_absent(self, key, data):
+        self.ops.append(("put", key))
+        return super().put_bytes_if_absent(key, data)
+
+    def delete_keys(self, keys):
+        keys = list(keys)
+        self.ops += [("delete", k) for k in keys]
+        return super().delete_keys(keys)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +94,8 @@ def test_every_part_has_the_contract_schema(world, store):
         assert store.read_table(k).schema.remove_metadata().equals(TRUTH_SCHEMA), k
     # one part per chunk for the per-user tables
     for t in ("users", "events", "exposures", "user_attributes"):
-        assert [k.rsplit("/", 1)[1] for k in m["tables"][t]["files"]] == ["part-00000.parquet", "part-00001.parquet"]
+        names = [k.rsplit("/", 1)[1] for k in m["tables"][t]["files"]]   # content-addressed (ingest.part_key)
+        assert [n[:11] for n in names] == ["part-00000-", "part-00001-"] and all(len(n) == 35 for n in names), names
 
 
 def test_manifest_is_written_last_and_counts_match_the_parts(world, store, settings):
@@ -94,8 +104,7 @@ def test_manifest_is_written_last_and_counts_match_the_parts(world, store, setti
     key = layout.raw_manifest_key("t1")
     assert ops[-1] == ("put", key)
     assert [k for op, k in ops if op == "put"].count(key) == 1
-    # the old commit marker is removed before anything else happens
-    assert ops[0] == ("delete", key)
+    assert not [op for op in ops if op[0] == "delete"]    # a fresh batch id: nothing is deleted
     assert store.get_json(key) == m
     assert set(m["tables"]) == set(TABLES)
     for t in TABLES:
@@ -112,13 +121,76 @@ def test_manifest_is_written_last_and_counts_match_the_parts(world, store, setti
     assert set(store.list_keys("raw/t1/")) == listed
 
 
-def test_rerun_leaves_no_stale_parts(settings, store):
-    synth.generate(settings, users=600, seed=1, batch="rerun", store=store, progress=False, chunk_size=200)
+def _objects(store, batch: str) -> dict[str, str]:
+    return {k: store.head(k)["ETag"] for k in store.list_keys(f"raw/{batch}/")}
+
+
+def test_a_landed_batch_id_is_immutable_other_content_is_refused(settings, store):
+    first = synth.generate(settings, users=600, seed=1, batch="rerun", store=store, progress=False, chunk_size=200)
     assert len(store.list_keys(layout.raw_prefix("rerun", "events"))) == 3
-    m = synth.generate(settings, users=600, seed=1, batch="rerun", store=store, progress=False, chunk_size=600)
-    assert store.list_keys(layout.raw_prefix("rerun", "events")) == m["tables"]["events"]["files"]
-    assert len(store.list_keys(layout.truth_prefix("rerun"))) == 1
-    assert m["tables"]["users"]["rows"] == 600
+    before = _objects(store, "rerun")
+    for other in ({"chunk_size": 600}, {"seed": 2, "chunk_size": 200}):   # other parts / other data
+        store.ops.clear()
+        with pytest.raises(ingest.BatchExists) as err:
+            synth.generate(settings, users=600, batch="rerun", store=store, progress=False, **{"seed": 1, **other})
+        msg = str(err.value)
+        assert "'rerun'" in msg and "immutable" in msg and "new batch id" in msg and "\n" not in msg
+        assert not store.ops                                    # nothing written, nothing deleted
+        assert _objects(store, "rerun") == before               # the landed batch's objects unchanged
+    assert store.get_json(layout.raw_manifest_key("rerun")) == first
+
+
+def test_landing_the_identical_batch_again_is_a_no_op(settings, store):
+    first = synth.generate(settings, users=600, seed=1, batch="again", store=store, progress=False, chunk_size=200)
+    before = _objects(store, "again")
+    store.ops.clear()
+    second = synth.generate(settings, users=600, seed=1, batch="again", store=store, progress=False, chunk_size=200)
+    assert second == first and not store.ops and _objects(store, "again") == before
+
+
+def test_a_concurrent_lander_with_other_content_loses_and_cleans_up(settings, store, monkeypatch):
+    """Landers of one id that all passed the check before any manifest was in (simulated): the
+    first manifest put wins; a loser with other bytes (so other keys) removes its parts and is
+    refused, the winner's objects stay; an orphan part of a crashed lander goes when a lander wins."""
+    import inspect
+
+    real = ingest.landed_manifest
+
+    def blind_check(st, batch):   # generate's check sees no manifest; the commit's read-back is real
+        return None if inspect.stack()[1].function == "generate" else real(st, batch)
+
+    monkeypatch.setattr(ingest, "landed_manifest", blind_check)
+    orphan = "raw/race/events/part-00000-deadbeefdeadbeef.parquet"
+    store.put_bytes(orphan, b"orphan of a crashed lander")
+    a = synth.generate(settings, users=400, seed=1, batch="race", store=store, progress=False, chunk_size=400)
+    assert orphan not in store.list_keys("raw/race/")
+    before = _objects(store, "race")
+    assert set(before) == {*ingest.manifest_keys(a), layout.raw_manifest_key("race")}
+    with pytest.raises(ingest.BatchExists, match="'race'"):
+        synth.generate(settings, users=400, seed=2, batch="race", store=store, progress=False, chunk_size=400)
+    assert _objects(store, "race") == before and store.get_json(layout.raw_manifest_key("race")) == a
+    same = synth.generate(settings, users=400, seed=1, batch="race", store=store, progress=False, chunk_size=400)
+    assert same == a and _objects(store, "race") == before   # an identical loser's keys are the winner's
+
+
+def test_replace_rewrites_a_batch_in_a_scratch_store(settings, store):
+    synth.generate(settings, users=600, seed=1, batch="scratch", store=store, progress=False, chunk_size=200)
+    m = synth.generate(settings, users=600, seed=1, batch="scratch", store=store, progress=False, chunk_size=600,
+                       replace=True)
+    assert store.list_keys(layout.raw_prefix("scratch", "events")) == m["tables"]["events"]["files"]
+    assert len(store.list_keys(layout.truth_prefix("scratch"))) == 1
+    assert store.get_json(layout.raw_manifest_key("scratch")) == m
+
+
+def test_local_store_refuses_other_content_too(settings, tmp_path):
+    local = synth.LocalStore(tmp_path)
+    m = synth.generate(settings, users=300, seed=1, batch="loc", store=local, progress=False, chunk_size=300)
+    assert synth.generate(settings, users=300, seed=1, batch="loc", store=local, progress=False, chunk_size=300) == m
+    with pytest.raises(ingest.BatchExists, match="'loc'"):
+        synth.generate(settings, users=300, seed=2, batch="loc", store=local, progress=False, chunk_size=300)
+    assert local.get_json(layout.raw_manifest_key("loc")) == m
+    assert local.put_bytes_if_absent("x/y", b"1") and not local.put_bytes_if_absent("x/y", b"2")
+    assert local.get_bytes("x/y") == b"1"
 
 
 def test_same_seed_same_world_other_seed_other_world(settings, store, world):
