@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 UV_VERSION := 0.13.9
 
-.PHONY: install java demo down status test test-unit test-e2e bench lock clean-state
+.PHONY: install java demo down status test test-unit test-slow test-e2e bench lock clean-state
 
 install: java $(STAMP)
 
@@ -40,11 +40,15 @@ status:
 
 ## Unit tests, then the end-to-end tests that start their own real stack on free ports.
 test: install
-	$(BIN)/python -m pytest -q -m "not e2e"
+	$(BIN)/python -m pytest -q -m "not e2e and not slow"
+	$(BIN)/python -m pytest -q -m slow
 	$(BIN)/python -m pytest -q -m e2e
 
 test-unit: install
-	$(BIN)/python -m pytest -q -m "not e2e"
+	$(BIN)/python -m pytest -q -m "not e2e and not slow"
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
 
 test-e2e: install
 	$(BIN)/python -m pytest -q -m e2e

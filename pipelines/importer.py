@@ -226,15 +226,20 @@ def import_file(settings, mapping_path: Path | str, data_path: Path | str, batch
 
         store = ObjectStore(settings)
 
-    store.delete_prefix(layout.raw_manifest_key(batch))  # the commit marker first, then old parts
-    store.delete_prefix(f"raw/{batch}/")
-    entries = {}
+    from campaignops.pipelines import ingest
+
+    # Raw batch ids are immutable (pipelines/ingest.py): parts are content-addressed, nothing is
+    # uploaded over a landed batch; the same import again is a no-op, another one is refused.
+    landed = ingest.landed_manifest(store, batch)
+    entries, written = {}, []
     tmp = Path(tempfile.mkdtemp(prefix="import-"))
     try:
         for name, t in tables.items():
-            key = f"{layout.raw_prefix(batch, name)}part-00000.parquet"
             pq.write_table(t, tmp / f"{name}.parquet", compression="zstd")
-            store.upload_file(tmp / f"{name}.parquet", key)
+            key = ingest.part_key(layout.raw_prefix(batch, name), 0, tmp / f"{name}.parquet")
+            if landed is None:
+                store.upload_file(tmp / f"{name}.parquet", key)
+                written.append(key)
             entries[name] = {"files": [key], "rows": t.num_rows}
             if name in ("events", "user_attributes") and t.num_rows == 0:
                 entries[name]["empty_by_design"] = True
@@ -257,5 +262,6 @@ def import_file(settings, mapping_path: Path | str, data_path: Path | str, batch
         "import": stats,
         "tables": entries,
     }
-    store.put_json(layout.raw_manifest_key(batch), manifest)  # last: the commit marker
-    return manifest
+    if landed is not None:
+        return ingest.settle_landed(store, batch, landed, manifest)
+    return ingest.commit_batch(store, batch, manifest, written)   # last: the commit marker

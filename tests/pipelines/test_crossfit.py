@@ -180,6 +180,7 @@ def test_config_comes_from_params_and_is_checked(world):
     assert crossfit.use_mlflow(world, "auto", False) is False and crossfit.use_mlflow(world, False, True) is True
 
 
+@pytest.mark.slow   # real fits per fold (~1 min)
 def test_cli_crossfits_the_workspace_with_the_recipe_and_prints_the_table(world, monkeypatch):
     """The real fits (network recipe, 1 epoch; a T-learner baseline) over 2 folds, through the CLI."""
     from typer.testing import CliRunner

@@ -122,6 +122,19 @@ def chain(tmp_path_factory):
     mp.undo()
 
 
+def test_an_imported_batch_id_is_immutable(chain):
+    """The same import again is a no-op; other content under the landed id is refused and the
+    landed objects stay byte for byte (raw batch ids are immutable)."""
+    settings, manifest, *_ = chain
+    store = ObjectStore(settings, client=boto3.client("s3", region_name="us-east-1"))
+    data = Path(manifest["generator"]["data_file"])
+    before = {k: store.get_bytes(k) for k in store.list_keys("raw/slice/")}
+    assert importer.import_file(settings, MAPPING, data, batch="slice", store=store)["tables"] == manifest["tables"]
+    with pytest.raises(ingest.BatchExists, match="raw batch 'slice' already landed .* new batch id"):
+        importer.import_file(settings, MAPPING, data, batch="slice", store=store, limit=N // 2)
+    assert {k: store.get_bytes(k) for k in store.list_keys("raw/slice/")} == before
+
+
 def test_import_rows_in_equal_rows_out_and_the_batch_validates(chain):
     settings, manifest, report, _, meta = chain
     n_attr = 8 * N

@@ -44,6 +44,9 @@ def _write_lock(settings: Settings, store: ObjectStore, stages: dict[str, list[s
     (settings.workspace / "dvc.lock").write_text(yaml.safe_dump(lock))
 
 
+pytestmark = pytest.mark.slow   # one in-process chain (~2 min) for the module
+
+
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lineage")

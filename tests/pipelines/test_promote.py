@@ -11,7 +11,7 @@ from urllib.request import url2pathname
 
 import pytest
 
-from campaignops.pipelines import failpoints, layout, promote
+from campaignops.pipelines import failpoints, layout, promote, promotion_log
 from campaignops.pipelines.storage import write_json
 from conftest import moto_store
 
@@ -178,13 +178,13 @@ def test_a_failed_gate_needs_a_recorded_override(env):
 def test_a_conditional_put_never_overwrites_a_record(env, monkeypatch):
     settings, store = env
     frozen = datetime(2026, 6, 1, 3, 0, 0, 123456, tzinfo=timezone.utc)
-    monkeypatch.setattr(promote, "_now", lambda: frozen)
+    monkeypatch.setattr(promotion_log, "_now", lambda: frozen)
     body = {"model_name": NAME, "action": "promote", "alias": "champion", "from_version": None, "to_version": "1"}
     one = promote.write_record(store, {**body, "note": "first"})
     two = promote.write_record(store, {**body, "note": "second"})         # same timestamp: both survive
     assert one["key"] != two["key"] and one["recorded_at"] == two["recorded_at"]
     ids = iter(["sameid", "sameid", "otherid"])
-    monkeypatch.setattr(promote, "_event_id", lambda: next(ids))
+    monkeypatch.setattr(promotion_log, "_event_id", lambda: next(ids))
     three = promote.write_record(store, {**body, "note": "third"})
     four = promote.write_record(store, {**body, "note": "fourth"})        # its first key is taken
     assert three["event_id"] == "sameid" and four["event_id"] == "otherid"
