@@ -93,11 +93,16 @@ def campaign_retrain():
                                            "model_uri", "reused")}
 
     @task(inlets=[ASSETS[MODEL_RUNS]], outlets=[ASSETS[CHAMPION], LINEAGE[CHAMPION]])
-    def promote(evaluation: dict) -> dict:
+    def promote(evaluation: dict, dag_run=None) -> dict:
+        import os
+
         from airflow.exceptions import AirflowSkipException
 
         from campaignops.pipelines.promote import run
 
+        user = getattr(dag_run, "triggering_user_name", None)
+        if user:   # the promotion record's actor: who triggered the run (else "airflow:campaign_retrain")
+            os.environ.setdefault("CAMPAIGNOPS_ACTOR", str(user))
         if not evaluation["passed"]:
             raise AirflowSkipException("gate refused the candidate: " + "; ".join(evaluation["reasons"]))
         out = run(load_settings())

@@ -186,14 +186,7 @@ def run(settings: Settings, *, force: bool = False, reason: str | None = None, v
 
 def rollback(settings: Settings, *, reason: str | None = None, store=None) -> dict:
     """Swap `champion` and `previous`: the last champion serves again."""
-    from campaignops.pipelines import tracking
-
-    mlflow = tracking.configure(settings)
-    client = mlflow.MlflowClient()
-    store = store or _store(settings)
-    name = settings.params["train"]["model_name"]
-    log, aliases = read_log(store, name), registry_aliases(client, name)
-    pending = _pending(log, aliases)
+    client, store, name, log, aliases, pending = _state(settings, store)
     if pending is not None and pending["action"] == "rollback":
         out = _resume(client, name, pending)
         return {"model_name": name, "champion_version": out["champion_version"],
@@ -218,14 +211,7 @@ def rollback(settings: Settings, *, reason: str | None = None, store=None) -> di
 def approve(settings: Settings, *, reason: str | None = None, store=None) -> dict:
     """Challenger mode: the current `challenger` becomes `champion` (the old champion `previous`);
     the `challenger` alias is removed."""
-    from campaignops.pipelines import tracking
-
-    mlflow = tracking.configure(settings)
-    client = mlflow.MlflowClient()
-    store = store or _store(settings)
-    name = settings.params["train"]["model_name"]
-    log, aliases = read_log(store, name), registry_aliases(client, name)
-    pending = _pending(log, aliases)
+    client, store, name, log, aliases, pending = _state(settings, store)
     if pending is not None and pending["action"] == "approve":
         return _resume(client, name, pending)
     challenger, current = _alias_version(client, name, "challenger"), _alias_version(client, name, "champion")
@@ -423,6 +409,17 @@ def _gate_from_tags(mv) -> dict | None:
 def _require_reason(reason: str | None) -> None:
     if reason is None or not str(reason).strip():
         raise PromotionError("an override needs a reason: --force --reason \"why this version must serve\"")
+
+
+def _state(settings: Settings, store=None) -> tuple:
+    """(MLflow client, store, model name, its promotion log, its aliases now, the log's pending record)."""
+    from campaignops.pipelines import tracking
+
+    client = tracking.configure(settings).MlflowClient()
+    store = store or _store(settings)
+    name = settings.params["train"]["model_name"]
+    log, aliases = read_log(store, name), registry_aliases(client, name)
+    return client, store, name, log, aliases, _pending(log, aliases)
 
 
 def _store(settings: Settings):

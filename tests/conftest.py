@@ -25,6 +25,17 @@ def project_settings(ws: Path, edit=None) -> Settings:
     return Settings(workspace=ws, state_dir=ws / ".state", env=dict(TEST_ENV))
 
 
+def land_features(settings: Settings, store, users: int, date: str | None = None) -> dict:
+    """A generated world through ingest, validate and features on `store`; returns the raw manifest."""
+    from campaignops.pipelines import features, ingest, synth, validate
+
+    manifest = synth.generate(settings, users=users, store=store, progress=False, date=date)
+    ingest.ingest(settings, batch=manifest["batch"], store=store)
+    validate.run(settings, store=store)
+    features.build(settings, store=store)
+    return manifest
+
+
 @contextmanager
 def moto_store(settings: Settings, store_class=None):
     """An ObjectStore (or `store_class`) on an in-process S3 (moto) holding the settings' bucket."""

@@ -12,9 +12,9 @@ import yaml
 from moto import mock_aws
 
 from campaignops.config import Settings
-from campaignops.pipelines import evaluate, features, ingest, layout, lineage, promote, score, synth, train, validate
+from campaignops.pipelines import evaluate, layout, lineage, promote, score, train
 from campaignops.pipelines.storage import ObjectStore
-from conftest import TEST_ENV, project_settings
+from conftest import TEST_ENV, land_features, project_settings
 
 
 def _dvc_push(store: ObjectStore, root, rel: str) -> str:
@@ -69,10 +69,7 @@ def chain(tmp_path_factory):
         with mock_aws():
             store = ObjectStore(settings, client=boto3.client("s3", region_name="us-east-1"))
             store.client.create_bucket(Bucket=settings.bucket)
-            synth.generate(settings, users=1000, store=store, progress=False)
-            ingest.ingest(settings, store=store)
-            validate.run(settings, store=store)
-            features.build(settings, store=store)
+            land_features(settings, store, users=1000)
             _write_lock(settings, store, {"validate": ["data/validated", "reports/validation.json"],
                                           "features": ["data/features"]})
             record = train.run(settings)

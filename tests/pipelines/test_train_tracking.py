@@ -10,7 +10,8 @@ import pytest
 import yaml
 from moto import mock_aws
 
-from campaignops.pipelines import features, ingest, synth, tracking, train, validate
+from campaignops.pipelines import tracking, train
+from conftest import land_features
 from campaignops.pipelines.storage import ObjectStore
 
 LOCK = """schema: '2.0'
@@ -38,10 +39,7 @@ def trained(workspace, monkeypatch, tmp_path):
         with mock_aws():
             store = ObjectStore(workspace, client=boto3.client("s3", region_name="us-east-1"))
             store.client.create_bucket(Bucket=workspace.bucket)
-            synth.generate(workspace, users=600, store=store, progress=False, date="2026-06-02")
-            ingest.ingest(workspace, batch="2026-06-02", store=store)
-            validate.run(workspace, store=store)
-            features.build(workspace, store=store)
+            land_features(workspace, store, users=600, date="2026-06-02")
             (workspace.workspace / "dvc.lock").write_text(LOCK)
             yield workspace, train.run(workspace)
     finally:
