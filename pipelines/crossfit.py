@@ -213,28 +213,6 @@ def load_exposures(settings: Settings) -> tuple[pa.Table, pa.Table, dict]:
     return plain, every, meta
 
 
-def source_ids(settings: Settings) -> pd.DataFrame | None:
-    """For an imported log (the raw manifest records an `import`): pseudonymous exposure id →
-    the log's exposure id and data row (0-based; the importer's ids end in -r<row>). None for
-    other batches: their source ids stay behind the pseudonyms."""
-    import duckdb
-
-    from campaignops.pipelines import privacy
-
-    manifest = settings.workspace / layout.RAW_MANIFEST
-    exposures = settings.workspace / layout.VALIDATED_DIR / "exposures.parquet"
-    if not manifest.exists() or not exposures.exists() or "import" not in json.loads(manifest.read_text()):
-        return None
-    con = duckdb.connect()
-    privacy.bind_salt(con, privacy.id_salt(settings))
-    ids = con.sql(f"SELECT {privacy.pseudonym_sql('exposure_id', 'x')} AS exposure_id, exposure_id AS source_exposure_id "
-                  f"FROM read_parquet('{exposures}')").df()
-    row = ids["source_exposure_id"].str.extract(r"-r(\d+)$", expand=False)
-    return ids.assign(source_row=pd.to_numeric(row, errors="coerce").astype("Int64"))
-
-
-# --------------------------------------------------------------------------- fitting
-
 def fit_fold(settings: Settings, cfg: dict, meta: dict, train: pa.Table, valid: pa.Table,
              valid_every_arm: pa.Table | None, held: pa.Table) -> dict[str, np.ndarray]:
     """The configured models fitted on train (valid for early stopping), each one's p of every
@@ -416,6 +394,8 @@ def run(settings: Settings, k: int | None = None, mlflow: bool | None = None, fi
     oof, folds = cross_fit(settings, cfg, fit or fit_fold)
     draws = int(settings.params["evaluate"].get("qini_noise_draws", 0))
     oof, figures = summarise(oof, cfg, draws)
+    from campaignops.pipelines.importer import source_ids
+
     src = source_ids(settings)
     if src is not None:
         oof = oof.merge(src, on="exposure_id", how="left")

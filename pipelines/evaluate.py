@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from campaignops.config import Settings
 from campaignops.models.arms import arm_matrix, logged_view, logging_propensity, mean_qini, random_qini_sd
 from campaignops.pipelines import layout
-from campaignops.pipelines.storage import write_json
+from campaignops.pipelines.storage import atomic_path, write_json
 from campaignops.validation.contract import CONTROL
 
 
@@ -282,7 +282,9 @@ def run(settings: Settings) -> dict:
               "passed": passed, "reasons": reasons, "thresholds": thresholds, "baselines": baselines,
               "vs_baselines": vs_baselines, "uplift_references": references, "new_campaigns": unseen,
               "adjustment": adjustment}
-    predictions = holdout_predictions(frame, {family.NETWORK: p_candidate, **baseline_p})
+    from campaignops.pipelines.importer import source_ids
+
+    predictions = holdout_predictions(frame, {family.NETWORK: p_candidate, **baseline_p}, source_ids(settings))
     with mlflow.start_run(run_id=record["run_id"]):
         from campaignops.pipelines.adjust_eval import flat_metrics as adjustment_metrics
 
@@ -298,7 +300,8 @@ def run(settings: Settings) -> dict:
         mlflow.set_tags({"gate.passed": str(passed), "family.served": choice["served"],
                          **{f"vs_baseline.{name}": v["verdict"] for name, v in vs_baselines.items()}})
         path = ws / layout.REPORTS_DIR / "holdout_predictions.parquet"
-        write_parquet(predictions, path)
+        with atomic_path(path) as tmp:
+            pq.write_table(pa.Table.from_pandas(predictions, preserve_index=False), tmp)
         mlflow.log_artifact(str(path), artifact_path="evaluation")
         if thresholds.get("report", True):
             paths = build_report(settings, report, candidate_model, x_holdout, expanded, frame, truth,
@@ -341,12 +344,14 @@ def champion_on_holdout(champ_model, version: str, expanded: pa.Table, frame: pd
     return holdout_metrics(frame, p, truth, revenue=revenue), None
 
 
-def holdout_predictions(frame: pd.DataFrame, models: dict[str, np.ndarray]) -> pd.DataFrame:
+def holdout_predictions(frame: pd.DataFrame, models: dict[str, np.ndarray],
+                        sources: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (holdout exposure, arm): the exposure, its campaign, the arm it was logged at
     (`treatment`), its outcome, logged propensity, and each model's predicted response and uplift
-    (p(arm) − p(no send) of the same exposure). `source_row` is the row number in the imported
-    file for imported logs (their exposure ids are `<campaign>-<row>`), else empty. Saved as an
-    MLflow artifact so anyone can recompute the metrics with their own tools."""
+    (p(arm) − p(no send) of the same exposure). For an imported log, `sources`
+    (importer.source_ids: pseudonymous exposure id → the log's exposure id and data row) adds
+    `source_exposure_id` and `source_row`. Saved as an MLflow artifact so anyone can recompute the
+    metrics with their own tools."""
     out = pd.DataFrame({"exposure_id": frame["exposure_id"].to_numpy(), "campaign_id": frame["campaign_id"].to_numpy(),
                         "treatment": frame["variant_id"].to_numpy(), "responded": frame["responded"].to_numpy(),
                         "arm_id": frame["arm_id"].to_numpy()})
@@ -354,33 +359,14 @@ def holdout_predictions(frame: pd.DataFrame, models: dict[str, np.ndarray]) -> p
         out["propensity"] = frame["propensity"].to_numpy()
     if "revenue" in frame:
         out["revenue"] = frame["revenue"].to_numpy()
-    suffix = out["exposure_id"].str.extract(r"^(.*)-(\d+)$")
-    out["source_row"] = pd.to_numeric(suffix[1].where(suffix[0] == out["campaign_id"]), errors="coerce").astype("Int64")
+    if sources is not None:
+        out = out.merge(sources, on="exposure_id", how="left")
     control = (out["arm_id"] == CONTROL).to_numpy()
     for name, p in models.items():
         out[f"p_{name}"] = np.asarray(p, dtype=np.float64)
         base = pd.Series(out[f"p_{name}"].to_numpy()[control], index=out["exposure_id"].to_numpy()[control])
         out[f"uplift_{name}"] = out[f"p_{name}"] - out["exposure_id"].map(base).to_numpy(dtype=np.float64)
     return out
-
-
-def write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    """frame to path atomically (a temp file beside it, then renamed)."""
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-EVALUATION_ARTIFACT = "evaluation/evaluation.json"
 
 
 def holdout_metric_name(key: str) -> str:
@@ -398,6 +384,9 @@ def log_metrics_once(mlflow, run_id: str, metrics: dict) -> dict:
     if new:
         mlflow.log_metrics(new)
     return new
+
+
+EVALUATION_ARTIFACT = "evaluation/evaluation.json"
 
 
 def logged_evaluation(mlflow, run_id: str) -> dict | None:

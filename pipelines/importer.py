@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from campaignops.config import Settings
 from campaignops.pipelines import import_holdout as holdout
 from campaignops.pipelines import layout
 from campaignops.pipelines.import_holdout import fold_of  # noqa: F401  (importer.fold_of: benchmarks, tests)
@@ -265,3 +266,28 @@ def import_file(settings, mapping_path: Path | str, data_path: Path | str, batch
     if landed is not None:
         return ingest.settle_landed(store, batch, landed, manifest)
     return ingest.commit_batch(store, batch, manifest, written)   # last: the commit marker
+
+
+def source_ids(settings: Settings) -> pd.DataFrame | None:
+    """For an imported log (the raw manifest records an `import`): pseudonymous exposure id →
+    the log's exposure id and data row (0-based; the importer's ids end in -r<row>). None for
+    other batches: their source ids stay behind the pseudonyms."""
+    import json
+
+    import duckdb
+
+    from campaignops.pipelines import privacy
+
+    manifest = settings.workspace / layout.RAW_MANIFEST
+    exposures = settings.workspace / layout.VALIDATED_DIR / "exposures.parquet"
+    if not manifest.exists() or not exposures.exists() or "import" not in json.loads(manifest.read_text()):
+        return None
+    con = duckdb.connect()
+    privacy.bind_salt(con, privacy.id_salt(settings))
+    ids = con.sql(f"SELECT {privacy.pseudonym_sql('exposure_id', 'x')} AS exposure_id, exposure_id AS source_exposure_id "
+                  f"FROM read_parquet('{exposures}')").df()
+    row = ids["source_exposure_id"].str.extract(r"-r(\d+)$", expand=False)
+    return ids.assign(source_row=pd.to_numeric(row, errors="coerce").astype("Int64"))
+
+
+# --------------------------------------------------------------------------- fitting

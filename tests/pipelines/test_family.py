@@ -59,15 +59,19 @@ def test_config_names_the_bad_setting(tmp_path):
 
 
 def test_holdout_predictions_carry_every_arms_uplift_and_the_source_row():
-    frame = pd.DataFrame({"exposure_id": ["C9-17"] * 3 + ["x2"] * 3, "campaign_id": ["C9"] * 3 + ["C8"] * 3,
+    frame = pd.DataFrame({"exposure_id": ["x1"] * 3 + ["x2"] * 3, "campaign_id": ["C9"] * 3 + ["C8"] * 3,
                           "variant_id": ["V1"] * 3 + [CONTROL] * 3, "arm_id": ["V1", "V2", CONTROL] * 2,
                           "responded": [1] * 3 + [0] * 3, "revenue": [5.0] * 3 + [0.0] * 3})
     p = np.array([0.3, 0.2, 0.1, 0.5, 0.4, 0.45])
-    out = evaluate.holdout_predictions(frame, {"network": p, "tlearner_gbt": p / 2})
+    sources = pd.DataFrame({"exposure_id": ["x1"], "source_exposure_id": ["C9-r0000017"],   # importer.source_ids
+                            "source_row": pd.array([17], dtype="Int64")})
+    out = evaluate.holdout_predictions(frame, {"network": p, "tlearner_gbt": p / 2}, sources)
     assert len(out) == len(frame) and list(out["treatment"]) == list(frame["variant_id"])
     assert np.allclose(out["uplift_network"], [0.2, 0.1, 0.0, 0.05, -0.05, 0.0])
     assert np.allclose(out["uplift_tlearner_gbt"], out["uplift_network"] / 2)
     assert out["source_row"].tolist()[:3] == [17] * 3 and out["source_row"].isna().tolist()[3:] == [True] * 3
+    assert list(out["exposure_id"]) == list(frame["exposure_id"])           # the frame's row order kept
+    assert "source_row" not in evaluate.holdout_predictions(frame, {"network": p})   # generated worlds: none
 
 
 class _Unfeedable:

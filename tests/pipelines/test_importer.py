@@ -381,6 +381,9 @@ def test_an_imported_log_trains_and_scores_on_the_imported_values(chain, tmp_pat
         store = ObjectStore(settings, client=boto3.client("s3", region_name="us-east-1",
                                                           endpoint_url="https://s3.amazonaws.com"))
         assert evaluate.run(settings)["passed"] and promote.run(settings, store=store)["promoted"]
+        held = pq.read_table(settings.workspace / "reports/holdout_predictions.parquet").to_pandas()
+        assert held["source_row"].notna().all() and held["source_row"].between(0, N - 1).all()   # back to the file
+        assert all(sid.endswith(f"-r{row:07d}") for sid, row in zip(held["source_exposure_id"], held["source_row"]))
         m = importer.load_mapping(MAPPING, COLUMNS)
         out = score.run(settings, campaign_id=m["campaign_id"], replay=True, store=store)
     finally:
