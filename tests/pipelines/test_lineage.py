@@ -6,15 +6,13 @@ import hashlib
 import json
 import os
 
-import boto3
 import pytest
 import yaml
-from moto import mock_aws
 
 from campaignops.config import Settings
 from campaignops.pipelines import evaluate, layout, lineage, promote, score, train
 from campaignops.pipelines.storage import ObjectStore
-from conftest import TEST_ENV, land_features, project_settings
+from conftest import TEST_ENV, land_features, moto_store, project_settings
 
 
 def _dvc_push(store: ObjectStore, root, rel: str) -> str:
@@ -66,9 +64,7 @@ def chain(tmp_path_factory):
         mp.setenv(k, v)
     saved = dict(os.environ)
     try:
-        with mock_aws():
-            store = ObjectStore(settings, client=boto3.client("s3", region_name="us-east-1"))
-            store.client.create_bucket(Bucket=settings.bucket)
+        with moto_store(settings) as store:
             land_features(settings, store, users=1000)
             _write_lock(settings, store, {"validate": ["data/validated", "reports/validation.json"],
                                           "features": ["data/features"]})

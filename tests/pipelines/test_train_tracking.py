@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import os
 
-import boto3
 import pytest
 import yaml
-from moto import mock_aws
 
 from campaignops.pipelines import tracking, train
-from conftest import land_features
-from campaignops.pipelines.storage import ObjectStore
+from conftest import land_features, moto_store
 
 LOCK = """schema: '2.0'
 stages:
@@ -36,9 +33,7 @@ def trained(workspace, monkeypatch, tmp_path):
         monkeypatch.setenv(k, v)
     saved = dict(os.environ)
     try:
-        with mock_aws():
-            store = ObjectStore(workspace, client=boto3.client("s3", region_name="us-east-1"))
-            store.client.create_bucket(Bucket=workspace.bucket)
+        with moto_store(workspace) as store:
             land_features(workspace, store, users=600, date="2026-06-02")
             (workspace.workspace / "dvc.lock").write_text(LOCK)
             yield workspace, train.run(workspace)
