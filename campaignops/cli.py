@@ -428,6 +428,25 @@ def lineage(ref: str = typer.Argument(..., help="a scores manifest URI (s3://…
         raise typer.Exit(3)
 
 
+@app.command("reproduce")
+def reproduce(ref: str = typer.Argument(..., help="a model version (7, name/7, models:/name/7) or an alias (champion)"),
+              keep: bool = typer.Option(False, help="keep the temporary workspace (its path is printed)"),
+              as_json: bool = typer.Option(False, "--json", help="print the checks as JSON instead of a table")) -> None:
+    """Check out a model version's code (git sha) and data (its run's dvc.lock + the DVC remote) into a
+    temporary workspace, rebuild its features there and compare every hash with the recorded ones.
+    Exit 0: all matched; 1: a mismatch; 3: something to compare with is missing; 2: unknown version."""
+    from campaignops.pipelines import reproduce as rep
+
+    try:
+        result = rep.reproduce(load_settings(), ref, keep=keep,
+                               progress=None if as_json else (lambda msg: console.print(f"[dim]{msg}[/]", soft_wrap=True)))
+    except rep.ReproduceError as exc:
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(2)
+    typer.echo(json.dumps(result, indent=2, default=str) if as_json else rep.render_text(result))
+    raise typer.Exit({rep.MATCHED: 0, rep.MISMATCH: 1}.get(result["status"], 3))
+
+
 if __name__ == "__main__":
     app()
 

@@ -374,9 +374,11 @@ class _Tracer:
         h.facts["dvc.lock outs"] = lock_md5
         for k in sorted(set(lock_md5) | set(tag_md5)):
             a, b = lock_md5.get(k), tag_md5.get(k)
-            if k.startswith(TRAIN_STAGE + ".") and a != b:
-                h.check(f"dvc.{k}", UNVERIFIABLE, "the train stage's own outputs are locked after the run logged "
-                        "dvc.lock; the version tag is the reference", a, b)
+            if k.startswith(TRAIN_STAGE + "."):
+                # The train stage's own outputs are locked after the run logged dvc.lock (its entry there
+                # is the previous run's, if any): the version tag is the reference, and the model hop
+                # re-hashes that object in the DVC remote. Nothing to compare, so no check.
+                h.facts.setdefault("pinned by the version tag (the run's dvc.lock predates them)", {})[k] = b
             elif a is None or b is None:
                 h.check(f"dvc.{k}", UNVERIFIABLE, "only in " + ("the version tags" if a is None else "the run's dvc.lock"),
                         a, b)
