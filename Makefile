@@ -5,9 +5,23 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 UV_VERSION := 0.13.9
 
-.PHONY: install java demo down status test test-unit test-slow test-e2e bench lock clean-state
+.PHONY: install java system-packages demo down status test test-unit test-slow test-e2e bench lock clean-state
 
-install: java $(STAMP)
+install: java system-packages $(STAMP)
+
+## Debian packages the product uses beyond Python: Chromium (the browser test drives the system browser;
+## Playwright cannot download its own here), Redis and Postgres (stack up --profile distributed).
+SYSTEM_PACKAGES := chromium:chromium redis-server:redis-server pg_ctlcluster:postgresql
+system-packages:
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "WARNING: missing$$missing and no root apt-get here: install them for the browser test and the distributed profile" >&2; \
+	  fi; fi
 
 ## Java 17 for the Spark engine (pyspark starts a JVM): Debian's package if `java` is missing.
 java:
