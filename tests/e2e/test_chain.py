@@ -11,14 +11,6 @@ import pytest
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 
-def small_world(params: dict) -> None:
-    params["data"]["users"] = 6000
-    params["score"]["part_rows"] = 2500     # several output parts: the kill test stops between them
-    params["train"]["epochs"] = 6
-    # A small world trains a weak model; this test is about the chain, the gate has unit tests.
-    params["evaluate"].update(min_auc=0.5, max_logloss=1.0, min_qini=-1.0, min_policy_value_fraction=-10.0)
-
-
 def inject_bad_events(store, manifest: dict) -> int:
     """Append rows that break rules to the first events part; keep the manifest consistent."""
     key = manifest["tables"]["events"]["files"][0]
@@ -34,14 +26,6 @@ def inject_bad_events(store, manifest: dict) -> int:
     manifest["tables"]["events"]["rows"] += len(bad)
     store.put_json(f"raw/{manifest['batch']}/_manifest.json", manifest)
     return len(bad)
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    from campaignops.infra.sandbox import sandbox_stack
-
-    with sandbox_stack(tmp_path_factory.mktemp("e2e"), small_world) as settings:
-        yield settings
 
 
 def test_retrain_and_score_through_airflow(stack):
