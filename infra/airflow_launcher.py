@@ -6,7 +6,9 @@ Unlike `airflow standalone`, the scheduler and triggerer run with --skip-serve-l
 servers would bind every interface on fixed ports (8793/8794) and are not needed with the
 LocalExecutor (the API server reads task logs from local files). If any component exits, the
 others are stopped and the launcher exits with that component's code, so a half-dead Airflow
-never passes for a running one. SIGTERM/SIGINT stop all components.
+never passes for a running one. SIGTERM/SIGINT stop all components, then whatever they left in
+the launcher's session: a task runs in a process group of its own and would outlive the scheduler
+that started it (and be run again by the next scheduler).
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from campaignops.infra import processes
+
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 COMPONENTS = {
     "api-server": [AIRFLOW, "api-server"],
@@ -24,6 +28,10 @@ COMPONENTS = {
     "dag-processor": [AIRFLOW, "dag-processor"],
     "triggerer": [AIRFLOW, "triggerer", "--skip-serve-logs"],
 }
+
+
+COMPONENT_STOP_S = 6   # SIGTERM -> SIGKILL for the components, then for what they left; together
+TASK_STOP_S = 2        # inside infra.stack.down's own timeout, which then kills whatever is left
 
 
 def _say(msg: str) -> None:
@@ -63,12 +71,16 @@ def main() -> int:
     for p in procs.values():
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 8
+    deadline = time.monotonic() + COMPONENT_STOP_S
     for p in procs.values():
         try:
             p.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             p.kill()
+    left = processes.tree(os.getpid())
+    if left:   # task processes (and theirs) the components did not stop
+        _say(f"stopping {len(left)} process(es) left by the components")
+        processes.stop({"tasks": os.getpid()}, TASK_STOP_S)
     _say("stopped")
     return code
 

@@ -16,6 +16,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PORTS = ("s3", "weed_master", "weed_volume", "weed_filer", "mlflow", "airflow")
+# Endpoints and credentials a developer's shell may export: a sandbox must not talk to their stack.
+CALLER_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "CAMPAIGNOPS_S3_ENDPOINT", "MLFLOW_TRACKING_URI",
+              "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "CAMPAIGNOPS_AIRFLOW_URL",
+              "CAMPAIGNOPS_AIRFLOW_PASSWORD")
 
 
 def free_port() -> int:
@@ -50,26 +54,41 @@ def sandbox_stack(tmp: Path, params_update=None) -> Iterator:
     stops exactly what it started and restores the environment — also when the process is sent
     SIGTERM (`kill`, a CI timeout), which otherwise ends Python without running this cleanup."""
     ws = make_workspace(tmp, params_update)
-    env = {"CAMPAIGNOPS_WORKSPACE": str(ws), "CAMPAIGNOPS_STATE": str(tmp / "state"),
-           # Schedules on: asset-triggered runs are created by the scheduler's DAG-run loop. The
-           # DAGs' cron timetables do not fire on unpause (CronTriggerTimetable, catchup off).
-           "CAMPAIGNOPS_AIRFLOW_SCHEDULES": "True"}
+    # Schedules on: asset-triggered runs are created by the scheduler's DAG-run loop. The DAGs'
+    # cron timetables do not fire on unpause (CronTriggerTimetable, catchup off).
+    with running_stack(ws, tmp / "state", env={"CAMPAIGNOPS_AIRFLOW_SCHEDULES": "True"}) as settings:
+        yield settings
+
+
+@contextmanager
+def running_stack(ws: Path, state: Path, services=None, env: dict[str, str] | None = None,
+                  stop_timeout: float | None = None) -> Iterator:
+    """`services` (default: all) of the stack for workspace `ws` (holding params.yaml) with its
+    state in `state`, on free ports, with no endpoint or credential from the caller's environment;
+    yields Settings. Stops what it started (SIGKILL after `stop_timeout` s, default stack.down's:
+    a throwaway SeaweedFS takes 10 s to give up on SIGTERM) and restores the environment (also on
+    SIGTERM)."""
+    env = {"CAMPAIGNOPS_WORKSPACE": str(ws), "CAMPAIGNOPS_STATE": str(state), **(env or {})}
     for name in PORTS:
         env[f"CAMPAIGNOPS_{name.upper()}_PORT"] = str(free_port())
     saved = dict(os.environ)   # steps export endpoints and keys (config.apply_env): restore all of it
+    for key in CALLER_ENV:
+        os.environ.pop(key, None)
     os.environ.update(env)
     from campaignops.config import load_settings
     from campaignops.infra import stack as stack_mod
 
+    wanted = {} if services is None else {"services": tuple(services)}
+    stop = {} if stop_timeout is None else {"timeout": stop_timeout}
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        stack_mod.up(load_settings())
+        stack_mod.up(load_settings(), **wanted)
         yield load_settings()
     finally:
         try:
-            stack_mod.down(load_settings())
+            stack_mod.down(load_settings(), **wanted, **stop)
         finally:
             os.environ.clear()
             os.environ.update(saved)

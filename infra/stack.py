@@ -4,11 +4,13 @@ Plain functions for the CLI (`campaignops stack up|down|status`):
 
 - ``up(settings, services=SERVICES)`` starts what is not already running and healthy, each service
   in its own process group, and waits until each is healthy.
-- ``down(settings)`` stops exactly the process groups recorded in the pidfiles.
+- ``down(settings)`` stops the services recorded in the pidfiles with everything they started
+  (their process groups, sessions and descendants: infra/processes.py), and nothing else.
 - ``status(settings)`` reports pid / running / healthy per service.
 
 State lives under ``settings.state_dir``::
 
+    (the directory and each server's own directory 0700; secrets, databases and logs 0600)
     stack.env            client credentials (0600), read by Settings: AWS_*, CAMPAIGNOPS_AIRFLOW_*,
                          MLFLOW_TRACKING_USERNAME/PASSWORD
     server-secrets.env   server-only secrets (0600): Flask / JWT / API secret keys, Fernet key
@@ -27,7 +29,6 @@ import json
 import logging
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from campaignops.config import Settings, _read_env_file
+from campaignops.infra import processes
 
 log = logging.getLogger("campaignops.stack")
 
@@ -45,6 +47,9 @@ ADMIN_USER = "admin"      # the pipeline's service account: the only one that ma
 # everything; an auditor may read everything and change nothing. Airflow: SimpleAuthManager roles
 # `user` / `viewer`; MLflow: basic-auth users with the server's default READ permission.
 PEOPLE = {"engineer": "user", "auditor": "viewer"}
+# Services that write nothing but their own state (under state_dir): started with umask 077, so all
+# they create is private. Airflow is not one: its tasks write the workspace (reports, DVC outputs).
+PRIVATE_WRITERS: tuple[str, ...] = ("s3", "mlflow")
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 # Client credentials kept in settings.env_file; generated once, reused afterwards.
@@ -113,7 +118,8 @@ def people(settings: Settings) -> dict[str, str]:
 
 def _write_private(path: Path, text: str) -> None:
     """Write atomically with mode 0600 (never readable by others, even briefly)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.exists():
+        _private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -124,6 +130,26 @@ def _write_private(path: Path, text: str) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _private_dir(path: Path) -> Path:
+    """Create `path` (and parents) and make it 0700: only the stack's user may enter it."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def _private_db(path: Path) -> None:
+    """Make a server's SQLite database 0600 before the server opens it: created empty (SQLite takes
+    an empty file for a new database, and gives its journal files the database's mode), or
+    tightened if an older stack created it 0644."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    for companion in (path, *(path.with_name(path.name + s) for s in ("-journal", "-wal", "-shm"))):
+        if companion.exists():
+            os.chmod(companion, 0o600)
 
 
 def _ensure_env_file(path: Path, wanted: dict[str, Callable[[], str]], header: str) -> dict[str, str]:
@@ -150,42 +176,19 @@ def ensure_credentials(settings: Settings) -> dict[str, str]:
     return values
 
 
+def prepare_state(settings: Settings) -> None:
+    """The state directory, private (0700), with the client credentials and server secrets."""
+    _private_dir(settings.state_dir)
+    ensure_credentials(settings)
+    _server_secrets(settings)
+
+
 def _server_secrets(settings: Settings) -> dict[str, str]:
     return _ensure_env_file(server_secrets_file(settings), _SERVER_SECRETS,
                             "campaignops stack server-side secrets - do not share")
 
 
 # --------------------------------------------------------------------------- process bookkeeping
-
-
-def _proc_start_time(pid: int) -> int | None:
-    """Kernel start time of a process (clock ticks since boot), None if it does not exist."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    if fields[0] == "Z":  # zombie: as good as gone
-        return None
-    return int(fields[19])
-
-
-def _proc_pgid(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return int(stat[stat.rindex(")") + 2:].split()[2])
-
-
-def _group_members(pgid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            pid = int(entry.name)
-            if _proc_pgid(pid) == pgid and _proc_start_time(pid) is not None:
-                out.append(pid)
-    return out
 
 
 def read_pidfile(settings: Settings, service: str) -> dict | None:
@@ -200,14 +203,14 @@ def read_pidfile(settings: Settings, service: str) -> dict | None:
 
 def _is_ours(info: dict) -> bool:
     """The pidfile's leader process still runs and is the very process we started."""
-    return _proc_start_time(int(info["pid"])) == int(info["start_time"])
+    return processes.start_time(int(info["pid"])) == int(info["start_time"])
 
 
-def _leader_gone_group_left(info: dict) -> bool:
-    """Leader exited but members of its process group remain. A pgid cannot be reused while the
-    group exists, so those members are ours (e.g. orphaned workers)."""
-    pid, pgid = int(info["pid"]), int(info["pgid"])
-    return _proc_start_time(pid) is None and bool(_group_members(pgid))
+def _leader_gone_tree_left(info: dict) -> bool:
+    """Leader exited but processes of its group or session remain. A pgid / sid cannot be reused
+    while a process carries it, so those are ours (e.g. orphaned workers or tasks)."""
+    pid = int(info["pid"])
+    return processes.start_time(pid) is None and bool(processes.tree(int(info["pgid"])))
 
 
 def running_pid(settings: Settings, service: str) -> int | None:
@@ -215,31 +218,11 @@ def running_pid(settings: Settings, service: str) -> int | None:
     return int(info["pid"]) if info and _is_ours(info) else None
 
 
-def _kill_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
-
-
 def _stop(infos: dict[str, dict], timeout: float) -> list[str]:
-    """SIGTERM each of our groups, wait, then SIGKILL what is left."""
-    targets: dict[str, int] = {}
-    for service, info in infos.items():
-        if _is_ours(info) or _leader_gone_group_left(info):
-            targets[service] = int(info["pgid"])
-    for pgid in targets.values():
-        _kill_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_group_members(g) for g in targets.values()):
-        time.sleep(0.2)
-    for service, pgid in targets.items():
-        if _group_members(pgid):
-            log.info("%s did not stop on SIGTERM within %.0fs; sending SIGKILL", service, timeout)
-            _kill_group(pgid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(_group_members(g) for g in targets.values()):
-        time.sleep(0.1)
+    """Stop each of our services with everything it started (processes.stop), SIGKILL after `timeout`."""
+    targets = {service: int(info["pgid"]) for service, info in infos.items()
+               if _is_ours(info) or _leader_gone_tree_left(info)}
+    processes.stop(targets, timeout)
     return list(targets)
 
 
@@ -299,9 +282,8 @@ def _base_env(settings: Settings) -> dict[str, str]:
 
 def _s3_spec(settings: Settings) -> tuple[list[str], dict[str, str], Path]:
     creds, server = settings.env, _server_secrets(settings)
-    conf_dir = settings.state_dir / "s3"
-    data_dir = settings.state_dir / "seaweed"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    conf_dir = _private_dir(settings.state_dir / "s3")
+    data_dir = _private_dir(settings.state_dir / "seaweed")
     s3_config = {
         "identities": [{
             "name": "campaignops",
@@ -324,19 +306,28 @@ def _s3_spec(settings: Settings) -> tuple[list[str], dict[str, str], Path]:
         f"-dir={data_dir}", f"-ip={ip}", f"-ip.bind={ip}",
         "-master.telemetry=false", "-master.volumeSizeLimitMB=1024", "-volume.max=0",
         "-volume.preStopSeconds=1",
+        # The master's HTTP API has no authentication at all (GET /col/delete wipes a bucket, also
+        # from a web page in a local browser); the filer's duplicates the S3 API. The components
+        # and the S3 gateway talk over gRPC (and JWT-signed volume HTTP), so both are switched off:
+        # the master's HTTP port keeps only its read-only status page. docs/security.md.
+        "-disableHttp",
         f"-master.port={settings.port('weed_master')}", f"-master.port.grpc={_grpc_port(settings, 'weed_master')}",
         f"-volume.port={settings.port('weed_volume')}", f"-volume.port.grpc={_grpc_port(settings, 'weed_volume')}",
         f"-filer.port={settings.port('weed_filer')}", f"-filer.port.grpc={_grpc_port(settings, 'weed_filer')}",
         "-s3", f"-s3.port={settings.port('s3')}", f"-s3.port.grpc={_grpc_port(settings, 's3')}",
         f"-s3.config={conf_dir / 's3.json'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
     ]
-    return cmd, _base_env(settings), conf_dir
+    # No client credentials in weed's environment: given AWS_ACCESS_KEY_ID it adds a second admin
+    # identity and logs its access key id; s3.json is the one source of identities.
+    env = {k: v for k, v in _base_env(settings).items() if k not in _CLIENT_SECRETS and not k.startswith("AWS_")}
+    return cmd, env, conf_dir
 
 
 def _mlflow_spec(settings: Settings) -> tuple[list[str], dict[str, str], Path]:
     creds, server = settings.env, _server_secrets(settings)
-    home = settings.state_dir / "mlflow"
-    home.mkdir(parents=True, exist_ok=True)
+    home = _private_dir(settings.state_dir / "mlflow")
+    for db in ("mlflow.db", "basic_auth.db"):
+        _private_db(home / db)
     ini = home / "basic_auth.ini"
     _write_private(ini, (
         "[mlflow]\n"
@@ -436,8 +427,8 @@ def openlineage_file(settings: Settings) -> Path:
 
 
 def _airflow_spec(settings: Settings) -> tuple[list[str], dict[str, str], Path]:
-    home = airflow_home(settings)
-    home.mkdir(parents=True, exist_ok=True)
+    home = _private_dir(airflow_home(settings))
+    _private_db(home / "airflow.db")
     user = settings.env.get("CAMPAIGNOPS_AIRFLOW_USER", ADMIN_USER)
     _write_private(home / "simple_auth_manager_passwords.json",
                    json.dumps({user: settings.env["CAMPAIGNOPS_AIRFLOW_PASSWORD"], **people(settings)}) + "\n")
@@ -550,25 +541,25 @@ def _start(settings: Settings, service: str) -> subprocess.Popen:
             f"{service}: port(s) already in use by another process: {', '.join(busy)}; "
             f"free them or set CAMPAIGNOPS_<NAME>_PORT (e.g. CAMPAIGNOPS_{busy[0].split('=')[0].upper()}_PORT)")
     cmd, env, cwd = _SPECS[service](settings)
-    logs_dir(settings).mkdir(parents=True, exist_ok=True)
-    run_dir(settings).mkdir(parents=True, exist_ok=True)
-    with open(logfile(settings, service), "ab") as out:
+    _private_dir(logs_dir(settings))
+    _private_dir(run_dir(settings))
+    log_path = logfile(settings, service)
+    with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
+        os.chmod(log_path, 0o600)
         out.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {service}: {' '.join(cmd)}\n".encode())
         out.flush()
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                umask=0o077 if service in PRIVATE_WRITERS else -1)
     start_time = None
     for _ in range(50):
-        start_time = _proc_start_time(proc.pid)
+        start_time = processes.start_time(proc.pid)
         if start_time is not None:
             break
         time.sleep(0.01)
     info = {"service": service, "pid": proc.pid, "pgid": proc.pid, "start_time": start_time or 0,
             "cmdline": cmd, "started_at": time.time(), "url": _local_url(settings, service)}
-    path = pidfile(settings, service)
-    tmp = path.with_suffix(".pid.tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, path)
+    _write_private(pidfile(settings, service), json.dumps(info, indent=2) + "\n")
     return proc
 
 
@@ -600,9 +591,7 @@ def up(settings: Settings, services: Iterable[str] = SERVICES,
     if unknown:
         raise ValueError(f"unknown service(s): {sorted(unknown)}; choose from {SERVICES}")
     timeout = float(settings.params["stack"].get("start_timeout_s", 180))
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    ensure_credentials(settings)
-    _server_secrets(settings)
+    prepare_state(settings)
     for service in SERVICES:
         if service not in wanted:
             continue
@@ -668,6 +657,10 @@ def _ensure_bucket(settings: Settings) -> None:
         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5}),
     )
     ObjectStore(settings, client=client).ensure_bucket()
+    # Versioning: an object deleted or overwritten through the S3 API stays recoverable as an older
+    # version (list_object_versions / get_object VersionId=...); see docs/security.md.
+    if client.get_bucket_versioning(Bucket=settings.bucket).get("Status") != "Enabled":
+        client.put_bucket_versioning(Bucket=settings.bucket, VersioningConfiguration={"Status": "Enabled"})
 
 
 def down(settings: Settings, services: Iterable[str] = SERVICES, timeout: float = 10.0) -> list[str]:

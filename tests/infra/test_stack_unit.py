@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from campaignops.infra import stack
+from campaignops.infra import processes, stack
 from campaignops.infra.airflow_client import AirflowClient, DagRunFailed, _render_log
 
 
@@ -63,7 +63,7 @@ def _write_pidfile(settings, service, pid, start_time):
 def test_down_ignores_pid_that_belongs_to_another_process(settings):
     other = _spawn_group()
     try:
-        real = stack._proc_start_time(other.pid)
+        real = processes.start_time(other.pid)
         _write_pidfile(settings, "mlflow", other.pid, real - 1)  # same pid, different process
         assert stack.status(settings)[1]["running"] is False
         assert stack.down(settings, timeout=1) == []
@@ -77,14 +77,55 @@ def test_down_ignores_pid_that_belongs_to_another_process(settings):
 def test_down_stops_whole_group_of_our_process(settings):
     proc = _spawn_group()
     time.sleep(0.5)
-    members = stack._group_members(proc.pid)
+    members = processes.group_members(proc.pid)
     assert len(members) == 2
-    _write_pidfile(settings, "airflow", proc.pid, stack._proc_start_time(proc.pid))
+    _write_pidfile(settings, "airflow", proc.pid, processes.start_time(proc.pid))
     assert stack.running_pid(settings, "airflow") == proc.pid
     assert stack.down(settings, timeout=5) == ["airflow"]
     proc.wait(timeout=5)
-    assert stack._group_members(proc.pid) == []
+    assert processes.group_members(proc.pid) == []
     assert not stack.pidfile(settings, "airflow").exists()
+
+
+# A leader like the Airflow launcher: a child that moved to its own process group (what Airflow
+# does with each task) and a grandchild that started a session of its own; the leader ignores SIGTERM
+# for a moment, the group child ignores it altogether (as the task worker did).
+_ESCAPING_TREE = """
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+subprocess.Popen([sys.executable, "-c", "import os, signal, subprocess, sys, time; os.setpgid(0, 0); "
+                  "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                  "subprocess.Popen(['sleep', '60'], start_new_session=True); time.sleep(60)"])
+time.sleep(60)
+"""
+
+
+def test_down_stops_processes_that_left_the_group_or_the_session(settings):
+    proc = subprocess.Popen([sys.executable, "-c", _ESCAPING_TREE], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while len(processes.tree(proc.pid)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        tree = processes.tree(proc.pid)
+        assert len(tree) == 3, tree
+        assert len({processes.stat(pid).pgid for pid in tree}) == 3     # three groups, two sessions
+        _write_pidfile(settings, "airflow", proc.pid, processes.start_time(proc.pid))
+        assert stack.down(settings, timeout=1) == ["airflow"]
+        proc.wait(timeout=5)
+        assert processes.alive(tree) == {}, f"left running: {processes.alive(tree)}"
+    finally:
+        for pid in processes.alive(processes.tree(proc.pid)):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_weed_serves_no_admin_http_and_gets_no_client_keys(settings):
+    """The master's HTTP API (/col/delete, /submit, /vol/grow: no authentication) is switched off,
+    and weed never sees the S3 keys (given them it logs the access key id)."""
+    stack.prepare_state(settings)
+    cmd, env, _ = stack._s3_spec(settings)
+    assert "-disableHttp" in cmd
+    secrets = {settings.env[k] for k in stack._CLIENT_SECRETS if len(settings.env[k]) > 8}
+    assert not secrets & set(env.values()) and not [k for k in env if k.startswith("AWS_")]
 
 
 def test_status_without_stack(settings):
