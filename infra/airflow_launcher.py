@@ -53,8 +53,14 @@ def main() -> int:
     if rc != 0:
         _say(f"db migrate failed with exit code {rc}")
         return rc
+    components = dict(COMPONENTS)
+    workers = int(os.environ.get("CAMPAIGNOPS_AIRFLOW_CELERY_WORKERS") or 0)   # profile distributed
+    if workers:
+        from campaignops.infra.distributed import worker_commands
+
+        components.update(worker_commands(AIRFLOW, workers, int(os.environ.get("AIRFLOW__CELERY__WORKER_CONCURRENCY") or 0)))
     procs: dict[str, subprocess.Popen] = {}
-    for name, cmd in COMPONENTS.items():
+    for name, cmd in components.items():
         if stopping:
             break
         procs[name] = subprocess.Popen(cmd)

@@ -138,6 +138,12 @@ def ensure_cluster(settings: Settings, password: str) -> Path:
     return data
 
 
+def remove_cluster(settings: Settings) -> None:
+    """Delete the cluster's data (a throwaway stack's teardown; the server must be stopped)."""
+    data = pg_data_dir(settings)
+    shutil.rmtree(data.parent if data.parent.name.startswith("campaignops-") else data, ignore_errors=True)
+
+
 def postgres_command(settings: Settings, data: Path) -> list[str]:
     return [pg_bin("postgres"), "-D", str(data), "-p", str(settings.port("postgres")),
             "-c", f"listen_addresses={settings.host}", "-c", "unix_socket_directories=",
@@ -174,7 +180,7 @@ def check_postgres(settings: Settings, password: str, timeout: float = 3) -> Non
     import psycopg2
 
     con = psycopg2.connect(host=settings.host, port=settings.port("postgres"), user=DB_USER, password=password,
-                           dbname=DB_NAME, connect_timeout=max(1, int(timeout)))
+                           dbname="postgres", connect_timeout=max(1, int(timeout)))
     con.close()
 
 

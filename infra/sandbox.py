@@ -15,7 +15,7 @@ from typing import Iterator
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PORTS = ("s3", "weed_master", "weed_volume", "weed_filer", "mlflow", "airflow")
+PORTS = ("s3", "weed_master", "weed_volume", "weed_filer", "mlflow", "airflow", "postgres", "redis")
 # Endpoints and credentials a developer's shell may export: a sandbox must not talk to their stack.
 CALLER_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "CAMPAIGNOPS_S3_ENDPOINT", "MLFLOW_TRACKING_URI",
               "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "CAMPAIGNOPS_AIRFLOW_URL",
@@ -49,15 +49,23 @@ def make_workspace(tmp: Path, params_update=None) -> Path:
 
 
 @contextmanager
-def sandbox_stack(tmp: Path, params_update=None) -> Iterator:
+def sandbox_stack(tmp: Path, params_update=None, profile: str = "local") -> Iterator:
     """Workspace copy + stack up on free ports (env vars set in this process); yields Settings;
     stops exactly what it started and restores the environment — also when the process is sent
     SIGTERM (`kill`, a CI timeout), which otherwise ends Python without running this cleanup."""
     ws = make_workspace(tmp, params_update)
     # Schedules on: asset-triggered runs are created by the scheduler's DAG-run loop. The DAGs'
     # cron timetables do not fire on unpause (CronTriggerTimetable, catchup off).
-    with running_stack(ws, tmp / "state", env={"CAMPAIGNOPS_AIRFLOW_SCHEDULES": "True"}) as settings:
-        yield settings
+    env = {"CAMPAIGNOPS_AIRFLOW_SCHEDULES": "True", "CAMPAIGNOPS_PROFILE": profile}
+    try:
+        with running_stack(ws, tmp / "state", env=env) as settings:
+            yield settings
+    finally:
+        if profile == "distributed":   # the Postgres cluster may live outside the state dir (root)
+            from campaignops.config import Settings
+            from campaignops.infra import distributed
+
+            distributed.remove_cluster(Settings(workspace=ws, state_dir=(tmp / "state").resolve()))
 
 
 @contextmanager

@@ -37,11 +37,14 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from campaignops.config import Settings, _read_env_file
-from campaignops.infra import processes
+from campaignops.infra import distributed, processes
 
 log = logging.getLogger("campaignops.stack")
 
-SERVICES: tuple[str, ...] = ("s3", "mlflow", "airflow")
+SERVICES: tuple[str, ...] = ("s3", "mlflow", "airflow")          # profile local (the default)
+# Every service in start order; profile distributed adds Airflow's Postgres and Redis (infra/distributed.py).
+ALL_SERVICES: tuple[str, ...] = ("s3", "mlflow", "postgres", "redis", "airflow")
+PROFILE_SERVICES = {"local": SERVICES, "distributed": ALL_SERVICES}
 ADMIN_USER = "admin"      # the pipeline's service account: the only one that may register versions / move aliases
 # People's accounts (roles enforced by the servers): an engineer may trigger DAGs and read
 # everything; an auditor may read everything and change nothing. Airflow: SimpleAuthManager roles
@@ -49,7 +52,7 @@ ADMIN_USER = "admin"      # the pipeline's service account: the only one that ma
 PEOPLE = {"engineer": "user", "auditor": "viewer"}
 # Services that write nothing but their own state (under state_dir): started with umask 077, so all
 # they create is private. Airflow is not one: its tasks write the workspace (reports, DVC outputs).
-PRIVATE_WRITERS: tuple[str, ...] = ("s3", "mlflow")
+PRIVATE_WRITERS: tuple[str, ...] = ("s3", "mlflow", "postgres", "redis")
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 # Client credentials kept in settings.env_file; generated once, reused afterwards.
@@ -71,6 +74,8 @@ _SERVER_SECRETS: dict[str, Callable[[], str]] = {
     "SEAWEED_JWT_SIGNING_READ_KEY": lambda: secrets.token_urlsafe(32),
     "SEAWEED_JWT_FILER_KEY": lambda: secrets.token_urlsafe(32),
     "SEAWEED_JWT_FILER_READ_KEY": lambda: secrets.token_urlsafe(32),
+    "CAMPAIGNOPS_POSTGRES_PASSWORD": lambda: secrets.token_urlsafe(24),   # profile distributed
+    "CAMPAIGNOPS_REDIS_PASSWORD": lambda: secrets.token_urlsafe(24),
 }
 
 
@@ -418,6 +423,8 @@ def airflow_env(settings: Settings) -> dict[str, str]:
             {"type": "file", "log_file_path": str(openlineage_file(settings)), "append": True})),
     })
     openlineage_file(settings).parent.mkdir(parents=True, exist_ok=True)
+    if distributed.profile(settings) == "distributed":   # Postgres metadata DB, CeleryExecutor, Redis broker
+        env.update(distributed.airflow_overrides(settings, server))
     return env
 
 
@@ -445,7 +452,8 @@ def _url(settings: Settings, service: str) -> str:
 
 def _local_url(settings: Settings, service: str) -> str:
     """The URL of the service this module started (not an override from the environment)."""
-    return f"http://{settings.host}:{settings.port(service)}"
+    scheme = {"postgres": "postgresql", "redis": "redis"}.get(service, "http")
+    return f"{scheme}://{settings.host}:{settings.port(service)}"
 
 
 def _check_s3(settings: Settings, timeout: float = 3) -> None:
@@ -502,8 +510,34 @@ def _check_airflow(settings: Settings, timeout: float = 3) -> None:
         raise StackError(f"GET /api/v2/dags with token answered {r.status_code}: {r.text[:200]}")
 
 
-_SPECS = {"s3": _s3_spec, "mlflow": _mlflow_spec, "airflow": _airflow_spec}
-_CHECKS = {"s3": _check_s3, "mlflow": _check_mlflow, "airflow": _check_airflow}
+def _postgres_spec(settings: Settings) -> tuple[list[str], dict[str, str], Path]:
+    data = distributed.ensure_cluster(settings, _server_secrets(settings)["CAMPAIGNOPS_POSTGRES_PASSWORD"])
+    return distributed.postgres_command(settings, data), {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8"}, data.parent
+
+
+def _redis_spec(settings: Settings) -> tuple[list[str], dict[str, str], Path]:
+    conf = distributed.redis_conf(settings, _server_secrets(settings)["CAMPAIGNOPS_REDIS_PASSWORD"])
+    return distributed.redis_command(conf), {"PATH": os.environ.get("PATH", "")}, conf.parent
+
+
+def _check_postgres(settings: Settings, timeout: float = 3) -> None:
+    distributed.check_postgres(settings, _server_secrets(settings)["CAMPAIGNOPS_POSTGRES_PASSWORD"], timeout)
+
+
+def _check_redis(settings: Settings, timeout: float = 3) -> None:
+    distributed.check_redis(settings, _server_secrets(settings)["CAMPAIGNOPS_REDIS_PASSWORD"], timeout)
+
+
+_SPECS = {"s3": _s3_spec, "mlflow": _mlflow_spec, "postgres": _postgres_spec, "redis": _redis_spec,
+          "airflow": _airflow_spec}
+_CHECKS = {"s3": _check_s3, "mlflow": _check_mlflow, "postgres": _check_postgres, "redis": _check_redis,
+           "airflow": _check_airflow}
+_RUN_AS = {"postgres": distributed.pg_os_user}   # the server refuses root: run as Debian's `postgres`
+
+
+def services_for(settings: Settings) -> tuple[str, ...]:
+    """The services of the stack's profile (infra/distributed.py: CAMPAIGNOPS_PROFILE or the recorded one)."""
+    return PROFILE_SERVICES[distributed.profile(settings)]
 
 
 def check(settings: Settings, service: str, timeout: float = 3) -> tuple[bool, str]:
@@ -541,6 +575,7 @@ def _start(settings: Settings, service: str) -> subprocess.Popen:
             f"{service}: port(s) already in use by another process: {', '.join(busy)}; "
             f"free them or set CAMPAIGNOPS_<NAME>_PORT (e.g. CAMPAIGNOPS_{busy[0].split('=')[0].upper()}_PORT)")
     cmd, env, cwd = _SPECS[service](settings)
+    user = _RUN_AS[service]() if service in _RUN_AS else None
     _private_dir(logs_dir(settings))
     _private_dir(run_dir(settings))
     log_path = logfile(settings, service)
@@ -550,7 +585,8 @@ def _start(settings: Settings, service: str) -> subprocess.Popen:
         out.flush()
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True,
-                                umask=0o077 if service in PRIVATE_WRITERS else -1)
+                                umask=0o077 if service in PRIVATE_WRITERS else -1,
+                                user=user, group=user, extra_groups=[] if user else None)
     start_time = None
     for _ in range(50):
         start_time = processes.start_time(proc.pid)
@@ -580,19 +616,27 @@ def _wait_healthy(settings: Settings, service: str, timeout: float, proc: subpro
         time.sleep(1)
 
 
-def up(settings: Settings, services: Iterable[str] = SERVICES,
-       progress: Callable[[str], None] | None = None) -> None:
-    """Start the requested services (in dependency order) unless already running and healthy; wait
-    until each is healthy. On failure the service just started is stopped again and StackError
+def up(settings: Settings, services: Iterable[str] | None = None,
+       progress: Callable[[str], None] | None = None, profile: str | None = None) -> None:
+    """Start the requested services (default: the profile's) in dependency order unless already
+    running and healthy; wait until each is healthy. `profile` (local | distributed) is recorded
+    for later `down`/`status`. On failure the service just started is stopped again and StackError
     (quoting the tail of its log) is raised."""
     say = progress or log.info
-    wanted = set(services)
-    unknown = wanted - set(SERVICES)
-    if unknown:
-        raise ValueError(f"unknown service(s): {sorted(unknown)}; choose from {SERVICES}")
-    timeout = float(settings.params["stack"].get("start_timeout_s", 180))
     prepare_state(settings)
-    for service in SERVICES:
+    if profile is not None and profile != distributed.profile(settings):
+        running = [s for s in ALL_SERVICES if running_pid(settings, s)]
+        if running:
+            raise StackError(f"the stack runs with profile {distributed.profile(settings)!r} ({', '.join(running)}): "
+                             f"`campaignops stack down` first, then `stack up --profile {profile}`")
+    if profile is not None:
+        distributed.record_profile(settings, profile)
+    wanted = set(services_for(settings) if services is None else services)
+    unknown = wanted - set(ALL_SERVICES)
+    if unknown:
+        raise ValueError(f"unknown service(s): {sorted(unknown)}; choose from {ALL_SERVICES}")
+    timeout = float(settings.params["stack"].get("start_timeout_s", 180))
+    for service in ALL_SERVICES:
         if service not in wanted:
             continue
         t0 = time.monotonic()
@@ -619,6 +663,8 @@ def up(settings: Settings, services: Iterable[str] = SERVICES,
                 f"{time.monotonic() - t0:.1f}s)")
         if service == "s3":
             _ensure_bucket(settings)
+        if service == "postgres":
+            distributed.ensure_database(settings, _server_secrets(settings)["CAMPAIGNOPS_POSTGRES_PASSWORD"])
         if service == "mlflow" and mlflow_auth_available():
             _ensure_mlflow_people(settings)
 
@@ -663,28 +709,28 @@ def _ensure_bucket(settings: Settings) -> None:
         client.put_bucket_versioning(Bucket=settings.bucket, VersioningConfiguration={"Status": "Enabled"})
 
 
-def down(settings: Settings, services: Iterable[str] = SERVICES, timeout: float = 10.0) -> list[str]:
+def down(settings: Settings, services: Iterable[str] | None = None, timeout: float = 10.0) -> list[str]:
     """Stop the process groups recorded in the pidfiles (SIGTERM, then SIGKILL after `timeout`).
     A pidfile whose pid now belongs to another process is discarded without killing anything.
     Returns the services that were stopped."""
-    wanted = set(services)
+    wanted = set(ALL_SERVICES if services is None else services)   # whatever runs, whichever profile
     infos: dict[str, dict] = {}
-    for service in reversed(SERVICES):
+    for service in reversed(ALL_SERVICES):
         info = read_pidfile(settings, service) if service in wanted else None
         if info is not None:
             infos[service] = info
     stopped = _stop(infos, timeout)
-    for service in wanted & set(SERVICES):
+    for service in wanted & set(ALL_SERVICES):
         pidfile(settings, service).unlink(missing_ok=True)
-    return [s for s in reversed(SERVICES) if s in stopped]
+    return [s for s in reversed(ALL_SERVICES) if s in stopped]
 
 
-def status(settings: Settings, services: Iterable[str] = SERVICES) -> list[dict]:
-    """One dict per service: service, url, pid, running, healthy, detail, log."""
+def status(settings: Settings, services: Iterable[str] | None = None) -> list[dict]:
+    """One dict per service (default: the profile's): service, url, pid, running, healthy, detail, log."""
     out = []
     if settings.env_file.exists() and not settings.env:
         settings.env.update(_read_env_file(settings.env_file))
-    for service in services:
+    for service in (services_for(settings) if services is None else services):
         info = read_pidfile(settings, service)
         running = bool(info and _is_ours(info))
         healthy, detail = check(settings, service, timeout=5) if running else (False, "not running")

@@ -136,7 +136,7 @@ def test_status_without_stack(settings):
 
 def test_up_rejects_unknown_service(settings):
     with pytest.raises(ValueError):
-        stack.up(settings, services=("s3", "postgres"))
+        stack.up(settings, services=("s3", "kafka"))
 
 
 def test_grpc_port_stays_in_range(settings, monkeypatch):
@@ -271,3 +271,23 @@ def test_people_accounts_are_private_stable_and_given_their_roles(settings):
     stack._airflow_spec(settings)
     passwords = json.loads((stack.airflow_home(settings) / "simple_auth_manager_passwords.json").read_text())
     assert {k: passwords[k] for k in first} == first
+
+
+def test_profile_selects_services_and_airflow_environment(settings, monkeypatch):
+    from campaignops.infra import distributed
+
+    assert stack.services_for(settings) == stack.SERVICES
+    local = stack.airflow_env(settings)
+    assert local["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor" and local["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite")
+    distributed.record_profile(settings, "distributed")
+    assert stack.services_for(settings) == ("s3", "mlflow", "postgres", "redis", "airflow")
+    env = stack.airflow_env(settings)
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://campaignops:")
+    assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://:") and "@127.0.0.1:" in env["AIRFLOW__CELERY__BROKER_URL"]
+    assert int(env["CAMPAIGNOPS_AIRFLOW_CELERY_WORKERS"]) >= 2
+    workers = distributed.worker_commands("airflow", 2, 2)
+    assert len({tuple(c) for c in workers.values()}) == 2 and all("--skip-serve-logs" in c for c in workers.values())
+    monkeypatch.setenv("CAMPAIGNOPS_PROFILE", "cluster")
+    with pytest.raises(distributed.DistributedError):
+        stack.services_for(settings)
