@@ -41,7 +41,8 @@ ASSETS = lineage(load_settings().bucket)
     tags=["campaignops", "adjust"],
     description="Reallocate running campaigns' remaining sends per segment (Thompson sampling, model priors, capped)",
     doc_md=__doc__,
-    default_args={"owner": "campaignops", "retries": 2, "retry_delay": timedelta(minutes=5),
+    default_args={"owner": "campaignops", "retries": 3, "retry_delay": timedelta(minutes=1),
+                  "retry_exponential_backoff": 2.0, "max_retry_delay": timedelta(minutes=10),
                   "execution_timeout": timedelta(minutes=30)},
     params={
         "campaign_id": Param(None, type=["null", "string"], title="Campaign id",
@@ -64,7 +65,7 @@ def campaign_adjust():
           doc_md="Write the campaign's plan or a new allocation version from its landed outcomes; return its "
                  "summary (idempotent: a repeated day returns the committed version).")
     def adjust(campaign_id: str, params=None) -> dict:
-        from airflow.exceptions import AirflowFailException
+        from airflow.sdk.exceptions import AirflowFailException
 
         from campaignops.pipelines import adjust as step
 

@@ -40,7 +40,8 @@ ASSETS = lineage(load_settings().bucket)
     tags=["campaignops", "feedback"],
     description="Forecast vs actual of scored campaigns whose outcomes landed (IPW over the exploration slice)",
     doc_md=__doc__,
-    default_args={"owner": "campaignops", "retries": 2, "retry_delay": timedelta(minutes=5),
+    default_args={"owner": "campaignops", "retries": 3, "retry_delay": timedelta(minutes=1),
+                  "retry_exponential_backoff": 2.0, "max_retry_delay": timedelta(minutes=10),
                   "execution_timeout": timedelta(minutes=60)},
     params={
         "campaign_id": Param(None, type=["null", "string"], title="Campaign id",
@@ -54,7 +55,7 @@ def campaign_feedback():
           doc_md="Measure the actual effect of each due campaign's sends; write the reports, the link and the "
                  "MLflow run; return one summary per campaign (idempotent).")
     def compare(params=None) -> list[dict]:
-        from airflow.exceptions import AirflowFailException
+        from airflow.sdk.exceptions import AirflowFailException
 
         from campaignops.pipelines import feedback
 
@@ -63,9 +64,12 @@ def campaign_feedback():
         except feedback.FeedbackError as exc:     # OutcomesNotReady included: retrying would not help
             raise AirflowFailException(f"feedback refused: {exc}") from None
 
-    @task(retries=0, doc_md="Fail, listing them, when a gated metric's actual is outside the forecast's interval.")
+    @task(retries=0, execution_timeout=timedelta(minutes=5),
+          doc_md="Fail, listing them, when a gated metric's actual is outside the forecast's interval.\n\n"
+                 "Not retried: a verdict on the reports already written, no I/O to wait out; its failure is the "
+                 "signal and a retry would give the same answer.")
     def check_forecast(results: list[dict]) -> int:
-        from airflow.exceptions import AirflowFailException
+        from airflow.sdk.exceptions import AirflowFailException
 
         lines = [f"{r['campaign_id']}/{r['scores_run_id']} {line} (report {r['html']})"
                  for r in results for line in r["outside_interval"]]

@@ -18,6 +18,11 @@ logged to the candidate's run) → **promote** (skipped, with the gate's reasons
 refused; publishes asset `campaignops.champion` when it promotes) → **record** (the day record
 `retrain/<batch>/record.json` that `campaignops history` reads).
 
+Failures: each task has a time limit; every one but **train** (its doc says why) is retried 3
+times with exponential backoff (from 1 min, at most 10), being idempotent: a rerun after a kill
+returns what an uninterrupted run would (tests/faults). Refusals a retry cannot change (a batch not
+landed, a failed validation, a drift breach) fail at once.
+
 Logic lives in `campaignops.pipelines`; this file only wires it.
 """
 from __future__ import annotations
@@ -32,6 +37,9 @@ from campaignops.pipelines.assets import (CHAMPION, DAY_RECORDS, FEATURES, MODEL
 
 ASSETS = airflow_assets(load_settings().bucket)
 LINEAGE = lineage(load_settings().bucket)   # RAW_BATCH and CHAMPION as lineage inlets (no asset semantics)
+TRAIN_DOC = ("DVC stage train: fit the network and baselines, log the MLflow run, push data/model.\n\n"
+             "Not retried: CPU-bound and long, so a failure is a bug or an out-of-memory that repeats, and every "
+             "attempt logs an MLflow run of its own (a killed one stays unfinished). Clear the task to rerun it.")
 
 
 @dag(
@@ -42,14 +50,17 @@ LINEAGE = lineage(load_settings().bucket)   # RAW_BATCH and CHAMPION as lineage 
     max_active_runs=1,
     tags=["campaignops", "training"],
     doc_md=__doc__,
-    default_args={"owner": "campaignops", "retries": 0, "execution_timeout": timedelta(minutes=60)},
+    default_args={"owner": "campaignops", "retries": 3, "retry_delay": timedelta(minutes=1),
+                  "retry_exponential_backoff": 2.0, "max_retry_delay": timedelta(minutes=10),
+                  "execution_timeout": timedelta(minutes=60)},
     params={"batch": Param(None, type=["null", "string"], title="Raw batch",
                            description="raw batch id to train on; empty = the run's logical date (YYYY-MM-DD)")},
 )
 def campaign_retrain():
-    @task.short_circuit
+    @task.short_circuit(execution_timeout=timedelta(minutes=10),
+                        doc_md="Which batch; skips the run when the day is done, fails when the batch has not landed.")
     def plan(params=None, logical_date=None, triggering_asset_events=None):
-        from airflow.exceptions import AirflowFailException
+        from airflow.sdk.exceptions import AirflowFailException
 
         from campaignops.pipelines import retrain_day
         from campaignops.pipelines.ingest import BatchNotReady
@@ -66,7 +77,8 @@ def campaign_retrain():
             return False
         return planned
 
-    @task(inlets=[LINEAGE[RAW_BATCH]])
+    @task(inlets=[LINEAGE[RAW_BATCH]], execution_timeout=timedelta(minutes=15),
+          doc_md="Snapshot the landed batch's manifest into data/raw_manifest.json (idempotent).")
     def ingest(planned: dict) -> dict:
         from campaignops.pipelines.ingest import ingest
 
@@ -74,17 +86,36 @@ def campaign_retrain():
 
     @task
     def dvc_stage(stage: str) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from campaignops.pipelines import layout
         from campaignops.pipelines.versioning import repro
 
-        return repro(load_settings(), stage)
+        settings = load_settings()
+        failed = settings.workspace / layout.REPORTS_DIR / "validation_failed.json"
+        before = failed.stat().st_mtime_ns if failed.is_file() else None
+        try:
+            return repro(settings, stage)
+        except RuntimeError:
+            if stage == "validate" and failed.is_file() and failed.stat().st_mtime_ns != before:
+                raise AirflowFailException(f"the batch failed validation (report {failed}); "
+                                           "a retry would fail the same way") from None
+            raise
 
-    @task
+    @task(execution_timeout=timedelta(minutes=20),
+          doc_md="Drift gate on the new features vs the champion's training snapshot; a breach fails at once.")
     def drift_check() -> dict:
-        from campaignops.pipelines.drift import gate_training, summary
+        from airflow.sdk.exceptions import AirflowFailException
 
-        return summary(gate_training(load_settings()))
+        from campaignops.pipelines.drift import DriftDetected, gate_training, summary
 
-    @task(inlets=[ASSETS[FEATURES], ASSETS[MODEL_RUNS], LINEAGE[CHAMPION]])
+        try:
+            return summary(gate_training(load_settings()))
+        except DriftDetected as exc:
+            raise AirflowFailException(f"drift gate: {exc}") from None
+
+    @task(inlets=[ASSETS[FEATURES], ASSETS[MODEL_RUNS], LINEAGE[CHAMPION]], execution_timeout=timedelta(minutes=60),
+          doc_md="Candidate vs champion on the same holdout; a rerun reuses the verdict logged to the candidate's run.")
     def evaluate() -> dict:
         from campaignops.pipelines.evaluate import run
 
@@ -92,11 +123,14 @@ def campaign_retrain():
         return {k: report.get(k) for k in ("passed", "reasons", "candidate", "champion_version", "run_id",
                                            "model_uri", "reused")}
 
-    @task(inlets=[ASSETS[MODEL_RUNS]], outlets=[ASSETS[CHAMPION], LINEAGE[CHAMPION]])
+    @task(inlets=[ASSETS[MODEL_RUNS]], outlets=[ASSETS[CHAMPION], LINEAGE[CHAMPION]],
+          execution_timeout=timedelta(minutes=15),
+          doc_md="Register and promote a passing candidate (a rerun resumes its recorded event: one version, one "
+                 "record); **skipped**, with the reasons, when the gate refused or nothing was promoted.")
     def promote(evaluation: dict, dag_run=None) -> dict:
         import os
 
-        from airflow.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowSkipException
 
         from campaignops.pipelines.promote import run
 
@@ -110,7 +144,8 @@ def campaign_retrain():
             raise AirflowSkipException("not promoted: " + "; ".join(out.get("reasons", [])))
         return out
 
-    @task(trigger_rule="none_failed", outlets=[ASSETS[DAY_RECORDS]])
+    @task(trigger_rule="none_failed", outlets=[ASSETS[DAY_RECORDS]], execution_timeout=timedelta(minutes=10),
+          doc_md="Write the day record retrain/<batch>/record.json (first writer wins).")
     def record(planned: dict, evaluation: dict, promotion: dict | None = None, dag_run=None) -> dict:
         from campaignops.pipelines import retrain_day
 
@@ -120,10 +155,14 @@ def campaign_retrain():
 
     planned = plan()
     validate = dvc_stage.override(task_id="validate", inlets=[LINEAGE[RAW_BATCH]],
-                                  outlets=[ASSETS[VALIDATED], ASSETS[QUARANTINE]])("validate")
-    features = dvc_stage.override(task_id="features", inlets=[ASSETS[VALIDATED]],
-                                  outlets=[ASSETS[FEATURES]])("features")
-    train = dvc_stage.override(task_id="train", inlets=[ASSETS[FEATURES]], outlets=[ASSETS[MODEL_RUNS]])("train")
+                                  outlets=[ASSETS[VALIDATED], ASSETS[QUARANTINE]], execution_timeout=timedelta(minutes=60),
+                                  doc_md="DVC stage validate (GX contracts, quarantine), pushed; a failed batch fails "
+                                         "at once.")("validate")
+    features = dvc_stage.override(task_id="features", inlets=[ASSETS[VALIDATED]], outlets=[ASSETS[FEATURES]],
+                                  execution_timeout=timedelta(minutes=60),
+                                  doc_md="DVC stage features, pushed (DVC reruns it only if its inputs changed).")("features")
+    train = dvc_stage.override(task_id="train", inlets=[ASSETS[FEATURES]], outlets=[ASSETS[MODEL_RUNS]], retries=0,
+                               execution_timeout=timedelta(minutes=120), doc_md=TRAIN_DOC)("train")
     evaluation = evaluate()
     promotion = promote(evaluation)
     ingest(planned) >> validate >> features >> drift_check() >> train >> evaluation

@@ -11,7 +11,10 @@ for a run that targets someone.
 a batch whose validation failed. **score** builds the features as of the campaign start, runs the
 drift gate (report in `reports/drift_score.json` and S3 `drift/score/`), predicts (engine
 `local` or `spark`), and commits the run atomically. Repeating a request returns the committed
-run. Logic lives in `campaignops.pipelines.score`; this file only wires it.
+run. Both tasks have a time limit and are retried 3 times with exponential backoff (from 1 min,
+at most 10): a retry after a kill at any point returns the same parts, and readers never see a
+partial run (tests/faults). A refused request or a drift breach fails at once, without retries.
+Logic lives in `campaignops.pipelines.score`; this file only wires it.
 """
 from __future__ import annotations
 
@@ -30,7 +33,9 @@ ASSETS = lineage(load_settings().bucket)
     catchup=False,
     tags=["campaignops", "scoring"],
     doc_md=__doc__,
-    default_args={"owner": "campaignops", "retries": 0, "execution_timeout": timedelta(minutes=60)},
+    default_args={"owner": "campaignops", "retries": 3, "retry_delay": timedelta(minutes=1),
+                  "retry_exponential_backoff": 2.0, "max_retry_delay": timedelta(minutes=10),
+                  "execution_timeout": timedelta(minutes=60)},
     params={
         "campaign_id": Param(None, type=["null", "string"], title="Campaign id",
                              description="e.g. C005; empty = the batch's upcoming campaign"),
@@ -48,9 +53,10 @@ ASSETS = lineage(load_settings().bucket)
     },
 )
 def campaign_score():
-    @task
+    @task(execution_timeout=timedelta(minutes=10),
+          doc_md="Refuse a bad request at once, with one line (budget, campaign, validation of the batch).")
     def check_request(params=None) -> dict:
-        from airflow.exceptions import AirflowFailException
+        from airflow.sdk.exceptions import AirflowFailException
 
         from campaignops.pipelines import score_request
 
@@ -62,15 +68,23 @@ def campaign_score():
             raise AirflowFailException(f"score refused: {exc}") from None
         return {"campaign_id": req.campaign_id, "budget": req.budget, "validated_batch": req.validation["batch"]}
 
-    @task(inlets=[ASSETS[CHAMPION], ASSETS[VALIDATED]], outlets=[ASSETS[SCORES]])
+    @task(inlets=[ASSETS[CHAMPION], ASSETS[VALIDATED]], outlets=[ASSETS[SCORES]], execution_timeout=timedelta(minutes=60),
+          doc_md="Features, drift gate, predictions, budgeted choice; commit the run atomically (a rerun returns "
+                 "the committed run, or rewrites the same parts).")
     def score(request: dict, params=None, dag_run=None) -> dict:
-        from campaignops.pipelines import score
+        from airflow.sdk.exceptions import AirflowFailException
 
-        manifest = score.run(load_settings(), campaign_id=request["campaign_id"], budget=request["budget"],
-                             engine=params.get("engine"), exploration=_exploration(params),
-                             allow_last_validated=bool(params.get("use_last_validated")),
-                             replay=bool(params.get("replay")),
-                             context={"dag_id": "campaign_score", "dag_run_id": dag_run.run_id if dag_run else None})
+        from campaignops.pipelines import score
+        from campaignops.pipelines.drift import DriftDetected
+
+        try:
+            manifest = score.run(load_settings(), campaign_id=request["campaign_id"], budget=request["budget"],
+                                 engine=params.get("engine"), exploration=_exploration(params),
+                                 allow_last_validated=bool(params.get("use_last_validated")),
+                                 replay=bool(params.get("replay")),
+                                 context={"dag_id": "campaign_score", "dag_run_id": dag_run.run_id if dag_run else None})
+        except (score.RequestError, DriftDetected) as exc:     # retrying would not help
+            raise AirflowFailException(f"score refused: {exc}") from None
         return score.summary(manifest)
 
     score(check_request())

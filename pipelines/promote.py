@@ -33,9 +33,11 @@ move not done yet) or ``unverified`` (the alias was changed outside the log in b
 the same action after a crash **resumes** the pending record: it re-applies that record's `moves`
 (idempotent alias sets) instead of writing a second record, so a killed-and-retried promotion
 leaves one record and one model version (`registered_version` reuses the version registered from
-the same run). The other order (move, then record) could leave a champion nobody can account for
-if the process died in between; a record whose move never happened is the lesser harm and
-history shows it as such. Not covered: two concurrent alias changes of one model (no lock; both are
+the same run); a rerun after the event completed (killed after its last alias move, before it could
+answer) returns the answer of that event instead of "already the champion", so a retried Airflow
+task reports the promotion it made. The other order (move, then record) could leave a champion
+nobody can account for if the process died in between; a record whose move never happened is the
+lesser harm and history shows it as such. Not covered: two concurrent alias changes of one model (no lock; both are
 recorded, history orders them by their timestamps).
 
 Before an alias moves to a version, the version's artifacts are verified to be readable
@@ -145,6 +147,11 @@ def run(settings: Settings, *, force: bool = False, reason: str | None = None, v
         return _resume(client, name, pending)
     current = _alias_version(client, name, "champion")
     if current is not None and current.run_id == evaluation["run_id"]:
+        done = _applied_event(log, action, evaluation["run_id"], str(current.version))
+        if done is not None:   # a rerun of the event that made it champion (a retry after a kill): same answer
+            return {"promoted": True, "model_name": name, "champion_version": str(current.version),
+                    "previous_version": done["aliases_before"].get("champion"), "action": action,
+                    "event": done["key"], "resumed": True}
         return {"promoted": False, "reasons": ["candidate is already the champion"], "model_name": name,
                 "champion_version": str(current.version)}
     current_version = str(current.version) if current is not None else None
@@ -165,6 +172,7 @@ def run(settings: Settings, *, force: bool = False, reason: str | None = None, v
     failpoints.hit("promote_registered")
     for key, value in lineage_tags(settings, evaluation).items():
         client.set_model_version_tag(name, registered.version, key, value)
+        failpoints.hit("promote_tagged")
     v = str(registered.version)
     gate = {"passed": bool(evaluation["passed"]), "reasons": list(evaluation.get("reasons") or [])}
     fields = {"mlflow_run_id": evaluation["run_id"], "model_uri": evaluation.get("model_uri"),
@@ -329,6 +337,17 @@ def _resume(client, name: str, record: dict) -> dict:
                    reasons=[f"promote.mode is challenger: version {target} is the challenger; "
                             "`campaignops promote --approve` makes it the champion"])
     return out
+
+
+def _applied_event(log: list[dict], action: str, run_id: str, version: str) -> dict | None:
+    """The newest record that moved `champion` if it is `action` of run `run_id` to `version`: the
+    alias is where that event put it and nothing has moved it since (else None)."""
+    last = next((r for r in reversed(log) if "champion" in (r.get("aliases_before") or {})), None)
+    if last is None or last["alias"] != "champion":
+        return None
+    if (last["action"], last.get("mlflow_run_id"), last["to_version"]) != (action, run_id, version):
+        return None
+    return last
 
 
 def _check_gate(client, name: str, version: str, action: str, log: list[dict]) -> None:

@@ -179,6 +179,7 @@ class RunWriter:
         for p in self._parts:
             try:
                 self.store.copy(p["key"], p["final"])
+                failpoints.hit("part_copied")
             except FileNotFoundError as exc:  # removed by a winner's cleanup, or by a too-short grace
                 if (stored := self.existing()) is not None:
                     return self._settle(stored)
@@ -219,6 +220,7 @@ class RunWriter:
         manifest put). Returns the removed keys."""
         if self.latest and manifest.get("commit"):  # (a pre-RunWriter manifest has no commit block)
             update_latest(self.store, self.campaign_prefix, manifest)
+            failpoints.hit("latest_moved")
         if self.cleanup_grace_s is not None:
             return cleanup_orphans(self.store, self.campaign_prefix, self.cleanup_grace_s)
         objects = self.store.list_objects(self.prefix)

@@ -130,3 +130,131 @@ def test_every_data_task_declares_its_s3_datasets_for_openlineage(dagbag):
     assert datasets("campaign_score", "score") == ({"mlflow", "dvc/data/validated"}, {"scores"})
     assert datasets("campaign_feedback", "compare")[1] == {"feedback"}
     assert datasets("campaign_adjust", "adjust")[1] == {"allocations"}
+
+
+# --------------------------------------------------------------------------- failure policy
+
+NOT_RETRIED = "Not retried:"    # a task's doc_md says so, with the reason, when it has fewer than 2 retries
+
+
+def _policy_problems(dag) -> list[str]:
+    """Every task has an owner, a time limit and >= 2 retries with exponential backoff, unless its
+    doc says why it is not retried (then it has none)."""
+    from datetime import timedelta
+
+    problems = []
+    for t in dag.tasks:
+        where = f"{dag.dag_id}.{t.task_id}"
+        if not t.owner or t.owner == "airflow":           # Airflow's default names nobody
+            problems.append(f"{where}: no owner")
+        if t.execution_timeout is None or t.execution_timeout <= timedelta(0):
+            problems.append(f"{where}: no execution_timeout")
+        doc = t.doc_md or ""
+        if NOT_RETRIED in doc:
+            reason = doc.split(NOT_RETRIED, 1)[1].strip()
+            if len(reason.split()) < 5:
+                problems.append(f"{where}: '{NOT_RETRIED}' without a reason")
+            if t.retries != 0:
+                problems.append(f"{where}: documented as not retried but has retries={t.retries}")
+        elif t.retries < 2:
+            problems.append(f"{where}: retries={t.retries} and no '{NOT_RETRIED} <reason>' in its doc")
+        elif not (t.retry_exponential_backoff > 1 and t.max_retry_delay and t.retry_delay <= t.max_retry_delay):
+            problems.append(f"{where}: retried without exponential backoff under a max_retry_delay")
+    return problems
+
+
+def test_every_task_has_an_owner_a_time_limit_and_retries_unless_its_doc_says_why_not(dagbag):
+    """The exceptions live in the DAG code (each task's doc_md, shown in the UI), not here."""
+    assert [p for dag in dagbag.dags.values() for p in _policy_problems(dag)] == []
+    # the steps kill-tested for idempotency (tests/faults/test_kill_points.py) are retried
+    for dag_id, task_id in (("campaign_score", "score"), ("campaign_retrain", "promote")):
+        assert dagbag.dags[dag_id].get_task(task_id).retries >= 2
+
+
+def test_the_policy_check_flags_a_task_that_breaks_it(dagbag):
+    import copy
+
+    dag = copy.deepcopy(dagbag.dags["campaign_score"])
+    dag.get_task("score").retries = 0
+    dag.get_task("check_request").owner = "airflow"
+    dag.get_task("check_request").execution_timeout = None
+    problems = _policy_problems(dag)
+    assert any("campaign_score.score: retries=0" in p for p in problems)
+    assert any("check_request: no owner" in p for p in problems)
+    assert any("check_request: no execution_timeout" in p for p in problems)
+    dag.get_task("score").doc_md = "Scores.\n\nNot retried: because."
+    dag.get_task("check_request").doc_md = "Not retried: a check whose answer a retry cannot change."
+    problems = _policy_problems(dag)
+    assert any("campaign_score.score: 'Not retried:' without a reason" in p for p in problems)
+    assert any(f"check_request: documented as not retried but has retries={dag.get_task('check_request').retries}"
+               in p for p in problems)
+
+
+def _promote_callable(dagbag):
+    return dagbag.dags["campaign_retrain"].get_task("promote").python_callable
+
+
+def test_a_refused_candidate_skips_promote_with_the_gates_reasons(dagbag, monkeypatch):
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from campaignops.pipelines import promote
+
+    calls = []
+    monkeypatch.setattr(promote, "run", lambda settings: calls.append(settings) or {"promoted": True})
+    with pytest.raises(AirflowSkipException, match=r"gate refused the candidate: auc 0\.50 < 0\.55; qini -0\.02 < 0"):
+        _promote_callable(dagbag)({"passed": False, "reasons": ["auc 0.50 < 0.55", "qini -0.02 < 0"]})
+    assert calls == []                                  # nothing registered, nothing recorded
+
+    monkeypatch.setattr(promote, "run", lambda settings: {
+        "promoted": False, "reasons": ["promote.mode is challenger: version 3 is the challenger"]})
+    with pytest.raises(AirflowSkipException, match="not promoted: promote.mode is challenger: version 3"):
+        _promote_callable(dagbag)({"passed": True, "reasons": []})
+
+    monkeypatch.setattr(promote, "run", lambda settings: {"promoted": True, "champion_version": "3"})
+    assert _promote_callable(dagbag)({"passed": True, "reasons": []})["champion_version"] == "3"
+
+
+def test_refusals_a_retry_cannot_change_fail_at_once(dagbag, monkeypatch):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from campaignops.pipelines import drift, score
+
+    def breach(*a, **kw):
+        raise drift.DriftDetected("PSI 0.40 > 0.25 on recency_days", {"recency_days": 0.40})
+
+    monkeypatch.setattr(score, "run", breach)
+    task = dagbag.dags["campaign_score"].get_task("score")
+    with pytest.raises(AirflowFailException, match="score refused: PSI 0.40"):    # AirflowFailException: no retry
+        task.python_callable({"campaign_id": "C1", "budget": 10.0}, params={"engine": "local"})
+    monkeypatch.setattr(drift, "gate_training", breach)
+    with pytest.raises(AirflowFailException, match="drift gate: PSI 0.40"):
+        dagbag.dags["campaign_retrain"].get_task("drift_check").python_callable()
+
+
+def test_a_failed_validation_fails_at_once_other_stage_errors_are_retried(dagbag, monkeypatch, tmp_path):
+    import shutil
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from campaignops.pipelines import layout, versioning
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.setenv("CAMPAIGNOPS_WORKSPACE", str(tmp_path))
+    report = tmp_path / layout.REPORTS_DIR / "validation_failed.json"
+
+    def stage_fails(settings, stage):
+        if stage == "validate":
+            report.parent.mkdir(parents=True, exist_ok=True)
+            report.write_text('{"passed": false}')
+        raise RuntimeError(f"`dvc repro --single-item {stage}` failed")
+
+    monkeypatch.setattr(versioning, "repro", stage_fails)
+    dag = dagbag.dags["campaign_retrain"]
+    with pytest.raises(AirflowFailException, match="failed validation .*validation_failed.json"):
+        dag.get_task("validate").python_callable("validate")
+    with pytest.raises(RuntimeError, match="features"):     # not an AirflowFailException: retried
+        dag.get_task("features").python_callable("features")
+    monkeypatch.setattr(versioning, "repro", lambda settings, stage: (_ for _ in ()).throw(RuntimeError("S3 timeout")))
+    with pytest.raises(RuntimeError, match="S3 timeout") as exc:     # an old report does not turn it into a refusal
+        dag.get_task("validate").python_callable("validate")
+    assert not isinstance(exc.value, AirflowFailException)

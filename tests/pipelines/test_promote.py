@@ -229,6 +229,29 @@ def test_a_retry_after_a_kill_registers_once_and_records_once(env, monkeypatch):
     assert promote.history(settings, store=store)[-1]["status"] == "applied"
 
 
+def test_a_retry_after_the_last_alias_moved_answers_as_the_uninterrupted_run(env, monkeypatch):
+    """Killed after `champion` moved (the event is complete): the retried task must not report
+    "not promoted" (the DAG would skip promote and the day record would say nothing was promoted)."""
+    settings, store = env
+    candidate(settings)
+    promote.run(settings, store=store)
+    candidate(settings, champion_version="1")
+    kill_at(monkeypatch, "promote_alias_moved", 2)                         # previous, then champion: both moved
+    with pytest.raises(Killed):
+        promote.run(settings, store=store)
+    revive(monkeypatch)
+    assert aliases() == {"champion": "2", "previous": "1"}
+    again = promote.run(settings, store=store)
+    (_, second) = log(store)
+    assert again == {"promoted": True, "model_name": NAME, "champion_version": "2", "previous_version": "1",
+                     "action": "promote", "event": second["key"], "resumed": True}
+    assert versions() == ["1", "2"] and len(log(store)) == 2
+    # Once the champion moved on (a rollback), the candidate is not "promoted" by a rerun any more.
+    promote.rollback(settings, store=store)
+    promote.rollback(settings, store=store)                              # back to 2, by rollbacks
+    assert promote.run(settings, store=store)["reasons"] == ["candidate is already the champion"]
+
+
 def test_a_record_whose_move_never_happened_shows_as_not_applied(env, monkeypatch):
     settings, store = env
     candidate(settings)

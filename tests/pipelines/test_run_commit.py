@@ -397,9 +397,10 @@ def _kill_then_rerun(backend: dict, failpoint: str) -> None:
     assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr)
     left = store.list_keys(prefix)
     assert any("/_tmp/" in k for k in left), left           # the kill left staging behind
-    assert not store.exists(prefix + "latest.json")
+    committed = failpoint in ("after_commit", "latest_moved")
+    assert store.exists(prefix + "latest.json") is (failpoint == "latest_moved")
     runs = committed_runs(store, prefix)
-    if failpoint == "after_commit":
+    if committed:
         assert len(runs) == 1 and _part_bytes_by_name(store, runs[0]) == reference
     else:
         assert runs == [] and not store.exists(prefix + "run-1/manifest.json")
@@ -410,7 +411,7 @@ def _kill_then_rerun(backend: dict, failpoint: str) -> None:
     rerun = _run_child(backend, campaign, None)
     assert rerun.returncode == 0, rerun.stderr
     out = json.loads(rerun.stdout)
-    assert out["won"] is (failpoint != "after_commit")   # after_commit: the rerun is a no-op
+    assert out["won"] is (not committed)                 # committed: the rerun is a no-op
     (manifest,) = committed_runs(store, prefix)
     assert out["manifest"] == manifest and read_run(store, manifest).num_rows == 60000
     assert _part_bytes_by_name(store, manifest) == reference     # byte-identical to an uninterrupted run
@@ -419,7 +420,7 @@ def _kill_then_rerun(backend: dict, failpoint: str) -> None:
     assert store.get_json(prefix + "latest.json")["manifest"] == store.uri(prefix + "run-1/manifest.json")
 
 
-FAILPOINTS = ["part_uploaded:1", "part_uploaded:2", "before_commit", "after_commit"]
+FAILPOINTS = ["part_uploaded:1", "part_uploaded:2", "part_copied:2", "before_commit", "after_commit", "latest_moved"]
 
 
 @pytest.mark.timeout(120)
