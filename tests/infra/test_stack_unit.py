@@ -291,3 +291,15 @@ def test_profile_selects_services_and_airflow_environment(settings, monkeypatch)
     monkeypatch.setenv("CAMPAIGNOPS_PROFILE", "cluster")
     with pytest.raises(distributed.DistributedError):
         stack.services_for(settings)
+
+
+def test_celery_provider_imports_with_the_locked_celery(tmp_path):
+    """The workers' code path imports (celery 5.7 broke the provider's import of its DB backend)."""
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+           "AIRFLOW__CELERY__BROKER_URL": "redis://127.0.0.1:1/0"}
+    out = subprocess.run([sys.executable, "-c", "import airflow.providers.celery.executors.celery_executor_utils"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
