@@ -35,7 +35,7 @@ def make_workspace(tmp: Path, params_update=None) -> Path:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
     for f in files:
-        if (ROOT / f).is_file():
+        if (ROOT / f).is_file() and f != "dvc.lock":   # a sandbox starts unlocked (the checkout's lock is its own runs')
             (ws / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, ws / f)
     if params_update is not None:
