@@ -54,6 +54,7 @@ def run(settings: Settings, campaign_id: str | None = None, budget=None, store: 
     name = settings.params["train"]["model_name"]
     version = mlflow.MlflowClient().get_model_version_by_alias(name, "champion")
     key = request_key(settings, req, str(version.version))
+    req.validation["data"] = validated_data(settings, key)
     run_id = f"v{version.version}-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     prefix = layout.scores_prefix(req.campaign_id, run_id)
     writer = RunWriter(store, prefix, run_id, cleanup_grace_s=float(params.get("orphan_grace_s", 3600)), latest=False)
@@ -75,6 +76,7 @@ def run(settings: Settings, campaign_id: str | None = None, budget=None, store: 
                  req.start, time.perf_counter() - t, features["uri"])
         failpoints.hit("features_written")
         drift = _drift(settings, Path(features["local_path"]), req.campaign_id, store)
+        failpoints.hit("drift_checked")
         t = time.perf_counter()
         preds = predict(engine, settings, pyfunc, model_uri, req.arms, features, params)
         log.info("score %s: %d users × %d arms predicted by the %s engine in %.1f s", req.campaign_id,
@@ -191,6 +193,17 @@ def request_key(settings: Settings, req: Request, model_version: str) -> dict:
             "value_per_response": float(settings.params["score"]["value_per_response"])}
 
 
+def validated_data(settings: Settings, key: dict) -> dict:
+    """The validation run (batch, run id) that wrote the data/validated files this run reads, checked
+    by their sha256 against its report; files that are not what the report says refuse the request."""
+    from campaignops.pipelines.validate_report import ValidatedMismatch, validated_record
+
+    try:
+        return validated_record(settings.workspace, key["validated_sha256"])
+    except ValidatedMismatch as exc:
+        raise RequestError(str(exc)) from None
+
+
 def _manifest(req: Request, run_id: str, key: dict, engine: str, version, a, arm_ids: list[str], costs: np.ndarray,
               forecast: dict, features: dict) -> dict:
     """The run's record: request, model, inputs, the targeting's counts and its forecast."""
@@ -213,6 +226,7 @@ def _manifest(req: Request, run_id: str, key: dict, engine: str, version, a, arm
                    "validated_sha256": key["validated_sha256"], "validation_run_id": req.validation["run_id"],
                    "validation_result_uri": req.validation["result_uri"],
                    "stale_validation": req.validation.get("stale_reason"),
+                   "validated_data": req.validation.get("data"),
                    "features": {k: features[k] for k in ("uri", "sha256", "rows")}},
         "replay": req.replay,
         "layout": "wide: one row per user; chosen_variant/send/explored/propensity; p_<arm>, revenue_<arm>, "
@@ -260,6 +274,7 @@ def predict(engine: str, settings: Settings, pyfunc, model_uri: str, arms: list[
     step = {"next": 0.1}
 
     def progress(done: int, total: int) -> None:   # a log line per tenth of the users
+        failpoints.hit("predict_batch")
         if done >= step["next"] * total:
             log.info("score: %d / %d users predicted", done, total)
             step["next"] = (int(10 * done / total) + 1) / 10

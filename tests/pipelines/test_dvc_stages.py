@@ -122,3 +122,15 @@ def test_features_output_is_deterministic(repo):
         assert pq.read_table(repo / "data/features" / name).equals(
             pq.read_table(__import__("io").BytesIO(after[name]))), name
     assert set(after) == set(single)
+
+
+def test_validate_stage_keeps_its_outputs_and_declares_all_its_code():
+    """A failed validation must not cost the last good batch: DVC deletes a stage's outputs before
+    running it unless they persist (the step itself replaces them only on success). Every module of
+    the step is a dependency, so a change to any of them re-runs validate."""
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["validate"]
+    outs = {path: opts for out in stage["outs"] + stage["metrics"] for path, opts in out.items()}
+    assert set(outs) == {"data/validated", "reports/validation.json"}
+    assert all(opts.get("persist") is True for opts in outs.values()), outs
+    code = {p.relative_to(ROOT).as_posix() for p in (ROOT / "pipelines").glob("validate*.py")}
+    assert code <= set(stage["deps"]), code - set(stage["deps"])

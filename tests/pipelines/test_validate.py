@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import boto3
 import pyarrow as pa
@@ -14,54 +14,10 @@ from moto import mock_aws
 
 from campaignops.pipelines import ingest, layout, validate
 from campaignops.pipelines.storage import ObjectStore
-from campaignops.validation.contract import CONTROL, SCHEMAS
+from campaignops.validation.contract import SCHEMAS
+from worlds import NOW, T0, land_world, put_parquet, small_world, without_column
 
-NOW = datetime(2026, 5, 20)
-T0 = datetime(2026, 5, 1)
 BATCH = "t1"
-
-
-def clean_world(n_users: int = 10, events_per_user: int = 4) -> dict[str, list[dict]]:
-    users = [{"user_id": f"u{i}", "age": 20 + i, "gender": "FMU"[i % 3], "region": "r1",
-              "occupation": None if i == 0 else "o1", "signup_ts": T0 - timedelta(days=300 + i)}
-             for i in range(n_users)]
-    types = ("browse", "cart", "purchase", "review")
-    events = [{"event_id": f"e{u}-{k}", "user_id": f"u{u}", "event_type": types[k % 4],
-               "category": None if k == 3 else f"c{k}", "price": 5.0 + k, "ts": T0 + timedelta(hours=u * 5 + k)}
-              for u in range(n_users) for k in range(events_per_user)]
-    campaigns = [{"campaign_id": c, "variant_id": f"{c}-V{v}", "type": "discount", "discount_rate": 0.1 * v,
-                  "channel": "email", "target_category": "c1", "cost_per_send": 0.1,
-                  "start_ts": T0 + timedelta(days=d), "end_ts": T0 + timedelta(days=d + 7)}
-                 for c, d in (("C1", 2), ("C2", 30)) for v in (1, 2)]
-    exposures = [{"exposure_id": f"x{i}", "user_id": f"u{i}", "campaign_id": "C1",
-                  "variant_id": CONTROL if i % 3 == 0 else f"C1-V{1 + i % 2}",
-                  "exposure_ts": T0 + timedelta(days=3, hours=i), "responded": i % 2, "revenue": 10.0 * (i % 2)}
-                 for i in range(n_users)]
-    return {"users": users, "events": events, "campaigns": campaigns, "exposures": exposures}
-
-
-def put_parquet(store: ObjectStore, key: str, rows, schema: pa.Schema) -> None:
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema), buf)
-    store.put_bytes(key, buf.getvalue())
-
-
-def land(store: ObjectStore, world: dict, batch: str = BATCH, parts: int = 2, schemas=None,
-         upcoming: str = "C2") -> dict:
-    """Write a raw batch like the producers do: part files per table, the manifest last."""
-    tables = {}
-    for table, rows in world.items():
-        schema = (schemas or {}).get(table, SCHEMAS[table])
-        chunk = max(1, -(-len(rows) // parts))
-        keys = []
-        for p, start in enumerate(range(0, len(rows), chunk)):
-            key = f"{layout.raw_prefix(batch, table)}part-{p:05d}.parquet"
-            put_parquet(store, key, rows[start:start + chunk], schema)
-            keys.append(key)
-        tables[table] = {"files": keys, "rows": len(rows)}
-    manifest = {"batch": batch, "now": NOW.isoformat(), "upcoming_campaign_id": upcoming, "tables": tables}
-    store.put_json(layout.raw_manifest_key(batch), manifest)
-    return manifest
 
 
 @pytest.fixture
@@ -74,8 +30,8 @@ def s3(workspace, monkeypatch):
         yield workspace, store
 
 
-def run_validate(settings, store, world, **kw):
-    land(store, world, **kw)
+def run_validate(settings, store, world, batch=BATCH, **kw):
+    land_world(store, world, batch, **kw)
     ingest.ingest(settings, store=store)
     return validate.run(settings, store=store)
 
@@ -87,7 +43,7 @@ def quarantine_rows(store, table, batch=BATCH) -> list[dict]:
 
 def test_clean_batch_is_all_valid(s3):
     settings, store = s3
-    world = clean_world()
+    world = small_world()
     report = run_validate(settings, store, world)
     assert report["passed"] and report["status"] == "passed"
     vdir = settings.workspace / layout.VALIDATED_DIR
@@ -113,7 +69,7 @@ def test_clean_batch_is_all_valid(s3):
 def test_bad_rows_are_quarantined_with_rule_and_source_row(s3):
     settings, store = s3
     settings.params["validate"]["max_quarantine_rate"] = 1.0  # inspect, don't fail
-    world = clean_world(n_users=10, events_per_user=10)  # 100 events → 2 files of 50
+    world = small_world(users=10, events_per_user=10)  # 100 events → 2 files of 50
     ev = world["events"]
     ev[3]["price"] = -1.0                                    # events.price.non_negative
     ev[7]["event_type"] = "teleport"                         # events.event_type.allowed
@@ -170,10 +126,10 @@ def test_bad_rows_are_quarantined_with_rule_and_source_row(s3):
 
 def test_rate_over_threshold_fails_after_writing_quarantine_and_reports(s3):
     settings, store = s3
-    world = clean_world()
+    world = small_world()
     for e in world["events"][:5]:  # 5 of 40 = 12.5% > 5%
         e["price"] = -1.0
-    previous = run_validate(settings, store, clean_world())  # a good run before
+    previous = run_validate(settings, store, small_world())  # a good run before
     with pytest.raises(validate.ValidationFailed) as err:
         run_validate(settings, store, world)
     msg = str(err.value)
@@ -194,20 +150,57 @@ def test_rate_over_threshold_fails_after_writing_quarantine_and_reports(s3):
 
 def test_missing_column_rejects_batch_naming_file_and_column(s3):
     settings, store = s3
-    world = clean_world()
-    schema = SCHEMAS["events"].remove(SCHEMAS["events"].get_field_index("price"))
-    for e in world["events"]:
-        del e["price"]
+    world, schemas = without_column(small_world(), "events", "price")
     with pytest.raises(validate.BatchRejected) as err:
-        run_validate(settings, store, world, schemas={"events": schema})
+        run_validate(settings, store, world, schemas=schemas)
     msg = str(err.value)
     assert f"raw/{BATCH}/events/part-00000.parquet" in msg and "'price'" in msg and "events.schema.columns" in msg
     assert not (settings.workspace / layout.VALIDATED_DIR).exists()
+    assert not (settings.workspace / "reports/validation.json").exists()
+    # the rejection is reported in the workspace too (the DAG fails at once on it, without retries)
+    failed = json.loads((settings.workspace / "reports/validation_failed.json").read_text())
+    assert failed["status"] == "rejected" and failed["passed"] is False and failed["error"] == msg
+    assert failed["failures"] == [{"rule": "events.schema.columns", "message": msg}]
+    assert store.get_json(layout.validation_prefix(BATCH, failed["run_id"]) + "result.json") == failed
+
+
+def test_a_rejected_batch_leaves_the_last_good_validated_data_and_report(s3):
+    """Item 3 of issue 17, at the step: after a good batch, a schema-broken one is refused before
+    any output is touched; data/validated and reports/validation.json still describe the good one,
+    and the report's table hashes tie it to the files (what scoring checks)."""
+    from campaignops.pipelines.validate_report import table_hashes, validated_record
+
+    settings, store = s3
+    good = run_validate(settings, store, small_world())
+    vdir = settings.workspace / layout.VALIDATED_DIR
+    before = {p.name: p.read_bytes() for p in vdir.iterdir()}
+    assert good["validated_sha256"] == table_hashes(vdir) and len(before) == 4
+    settings.params["data"]["batch"] = "t2-broken"
+    world, schemas = without_column(small_world(), "exposures", "revenue")
+    with pytest.raises(validate.BatchRejected, match=r"exposures\.schema\.columns.*raw/t2-broken/exposures/part-00000"):
+        run_validate(settings, store, world, batch="t2-broken", schemas=schemas)
+    assert {p.name: p.read_bytes() for p in vdir.iterdir()} == before
+    assert json.loads((settings.workspace / "reports/validation.json").read_text())["run_id"] == good["run_id"]
+    failed = json.loads((settings.workspace / "reports/validation_failed.json").read_text())
+    assert failed["batch"] == "t2-broken" and failed["status"] == "rejected"
+    record = validated_record(settings.workspace, table_hashes(vdir))
+    assert record == {"batch": BATCH, "run_id": good["run_id"], "result_uri": good["result_uri"], "verified": True}
+
+
+def test_validated_data_that_differs_from_its_report_is_named(s3):
+    from campaignops.pipelines.validate_report import ValidatedMismatch, table_hashes, validated_record
+
+    settings, store = s3
+    good = run_validate(settings, store, small_world())
+    vdir = settings.workspace / layout.VALIDATED_DIR
+    pq.write_table(pq.read_table(vdir / "users.parquet").slice(0, 3), vdir / "users.parquet")  # restored from elsewhere
+    with pytest.raises(ValidatedMismatch, match=rf"data/validated/users\.parquet is not what validation run {good['run_id']}"):
+        validated_record(settings.workspace, table_hashes(vdir))
 
 
 def test_wrong_type_rejects_batch(s3):
     settings, store = s3
-    world = clean_world()
+    world = small_world()
     schema = SCHEMAS["users"].set(1, pa.field("age", pa.string()))
     for u in world["users"]:
         u["age"] = str(u["age"])
@@ -217,7 +210,7 @@ def test_wrong_type_rejects_batch(s3):
 
 def test_corrupt_parquet_rejects_batch_naming_file(s3):
     settings, store = s3
-    manifest = land(store, clean_world())
+    manifest = land_world(store, small_world(), BATCH)
     bad_key = manifest["tables"]["exposures"]["files"][1]
     store.put_bytes(bad_key, b"PAR1 this is not parquet")
     ingest.ingest(settings, store=store)
@@ -227,39 +220,42 @@ def test_corrupt_parquet_rejects_batch_naming_file(s3):
 
 def test_file_changed_after_ingest_is_rejected(s3):
     settings, store = s3
-    manifest = land(store, clean_world())
+    manifest = land_world(store, small_world(), BATCH)
     ingest.ingest(settings, store=store)
-    put_parquet(store, manifest["tables"]["users"]["files"][0], clean_world()["users"][:1], SCHEMAS["users"])
+    put_parquet(store, manifest["tables"]["users"]["files"][0], small_world()["users"][:1], SCHEMAS["users"])
     with pytest.raises(validate.BatchRejected, match="rerun ingest"):
         validate.run(settings, store=store)
 
 
 def test_interrupted_run_leaves_previous_validated_intact(s3, monkeypatch):
     settings, store = s3
-    run_validate(settings, store, clean_world())
+    run_validate(settings, store, small_world())
     vdir = settings.workspace / layout.VALIDATED_DIR
     before = {p.name: p.read_bytes() for p in vdir.iterdir()}
+    land_world(store, small_world(users=12), BATCH)
+    ingest.ingest(settings, store=store)
 
     calls = {"n": 0}
-    real = validate.pq.write_table
+    real = validate._write_local_parquet
 
-    def flaky(table, where, **kw):
+    def flaky(batches, path, schema):   # the third validated table fails half-way through
         calls["n"] += 1
         if calls["n"] == 3:
+            path.write_bytes(b"partial")
             raise OSError("disk full (injected)")
-        return real(table, where, **kw)
+        return real(batches, path, schema)
 
-    monkeypatch.setattr(validate.pq, "write_table", flaky)
-    world = clean_world(n_users=12)
+    monkeypatch.setattr(validate, "_write_local_parquet", flaky)
     with pytest.raises(OSError, match="injected"):
-        run_validate(settings, store, world)
+        validate.run(settings, store=store)
+    assert calls["n"] == 3
     assert {p.name: p.read_bytes() for p in vdir.iterdir()} == before
     assert not [p for p in vdir.parent.iterdir() if p.name.startswith(".validated")]
 
 
 def test_dedup_and_fills_are_counted_and_invariant_holds(s3):
     settings, store = s3
-    world = clean_world()
+    world = small_world()
     ev = world["events"]
     ev.append(dict(ev[0]))                        # exact copy, same event_id
     ev.append(dict(ev[1], event_id="copy-of-1"))  # exact copy, new event_id
@@ -286,7 +282,7 @@ def test_volume_band_against_previous_batch(s3):
 
     def run_batch(batch, n_users):
         settings.params["data"]["batch"] = batch
-        return run_validate(settings, store, clean_world(n_users=n_users), batch=batch)
+        return run_validate(settings, store, small_world(users=n_users), batch=batch)
 
     first = run_batch("v1", 10)
     assert first["tables"]["events"]["volume"]["status"] == "first"
@@ -307,8 +303,8 @@ def test_csv_parts_are_read_with_contract_types_and_bad_ones_named(s3):
     settings, store = s3
     import pyarrow.csv as pacsv
 
-    world = clean_world()
-    manifest = land(store, world)
+    world = small_world()
+    manifest = land_world(store, world, BATCH)
     key = manifest["tables"]["users"]["files"][0].replace(".parquet", ".csv")
     buf = io.BytesIO()
     half = -(-len(world["users"]) // 2)
@@ -328,7 +324,7 @@ def test_csv_parts_are_read_with_contract_types_and_bad_ones_named(s3):
 def test_propensity_outside_zero_one_is_quarantined_with_its_rule(s3):
     settings, store = s3
     settings.params["validate"]["max_quarantine_rate"] = 1.0  # inspect, don't fail
-    world = clean_world()
+    world = small_world()
     for x in world["exposures"]:
         x["propensity"] = 0.5
     world["exposures"][2]["propensity"] = 0.0    # a logged arm its policy could not choose
@@ -345,7 +341,7 @@ def test_exposures_without_the_optional_propensity_column_validate(s3):
     from campaignops.validation.contract import required_schema
 
     settings, store = s3
-    world = clean_world()
+    world = small_world()
     report = run_validate(settings, store, world, schemas={"exposures": required_schema("exposures")})
     assert report["passed"] and report["tables"]["exposures"]["rows_valid"] == len(world["exposures"])
     out = pq.read_table(settings.workspace / layout.VALIDATED_DIR / "exposures.parquet")

@@ -12,38 +12,26 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from campaignops.pipelines import validate
 from campaignops.validation.contract import CONTROL, OPTIONAL_COLUMNS, SCHEMAS
+from worlds import NOW, T0, small_world, table_bytes
 
-NOW = datetime(2026, 5, 20)
-T0 = datetime(2026, 5, 1)
+N_USERS = 30
+EVENTS_PER_USER = 4
 N_BATCHES = 1000
 SEED = 20260520
 MAX_LEN = 64
 
 
-def clean_world(n: int = 30) -> dict[str, list[dict]]:
-    users = [{"user_id": f"u{i}", "age": 20 + i, "gender": "FMU"[i % 3], "region": None if i % 7 == 0 else "r1",
-              "occupation": "o1", "signup_ts": T0 - timedelta(days=300 + i)} for i in range(n)]
-    events = [{"event_id": f"e{k}", "user_id": f"u{k % n}", "event_type": ("browse", "cart", "purchase", "review")[k % 4],
-               "category": None if k % 5 == 0 else f"c{k % 3}", "price": 5.0 + k, "ts": T0 + timedelta(hours=k)}
-              for k in range(n)]
-    campaigns = [{"campaign_id": c, "variant_id": f"{c}-V{v}", "type": "discount", "discount_rate": 0.1 * v,
-                  "channel": "email", "target_category": None, "cost_per_send": 0.1,
-                  "start_ts": T0 + timedelta(days=d), "end_ts": T0 + timedelta(days=d + 7)}
-                 for c, d in (("C1", 2), ("C2", 30)) for v in (1, 2)]
-    exposures = [{"exposure_id": f"x{i}", "user_id": f"u{i}", "campaign_id": "C1",
-                  "variant_id": CONTROL if i % 3 == 0 else f"C1-V{1 + i % 2}",
-                  "exposure_ts": T0 + timedelta(days=3, hours=i), "responded": i % 2, "revenue": 10.0 * (i % 2)}
-                 for i in range(n)]
-    return {"users": users, "campaigns": campaigns, "events": events, "exposures": exposures}
+def clean_world() -> dict[str, list[dict]]:
+    """The shared small world (tests/worlds.py) at the fuzz's size: 30 users, 4 events each."""
+    return small_world(users=N_USERS, events_per_user=EVENTS_PER_USER)
 
 
 # Row mutations: (table, column, value or callable, expected rule). Callables get (rng, row).
@@ -78,16 +66,6 @@ ROW_MUTATIONS = [
 CROSS_TABLE = {r.id for t in ("events", "exposures") for r in validate.suites.CROSS_TABLE_RULES[t]}
 FILE_MUTATIONS = ["drop_column", "extra_column", "wrong_type", "reorder", "empty_bytes", "truncated", "garbage",
                   "csv_semicolon", "csv_latin1", "csv_bad_value", "no_rows"]
-
-
-def to_bytes(rows: list[dict], schema: pa.Schema, fmt: str) -> bytes:
-    t = pa.Table.from_pylist(rows, schema)
-    buf = io.BytesIO()
-    if fmt == "csv":
-        pacsv.write_csv(t, buf)
-    else:
-        pq.write_table(t, buf)
-    return buf.getvalue()
 
 
 def make_batch(rng: random.Random):
@@ -131,7 +109,7 @@ def make_batch(rng: random.Random):
         out = []
         for p, chunk in enumerate(chunks):
             fmt = "csv" if rng.random() < 0.15 else "parquet"
-            out.append((f"raw/b/{t}/part-{p}.{fmt}", to_bytes(chunk, SCHEMAS[t], fmt)))
+            out.append((f"raw/b/{t}/part-{p}.{fmt}", table_bytes(chunk, SCHEMAS[t], fmt)))
         files[t] = out
     if table:
         p = rng.randrange(2)
@@ -141,37 +119,37 @@ def make_batch(rng: random.Random):
         rule = None
         if kind == "drop_column":
             col = rng.choice(schema.names)
-            data = to_bytes([{k: v for k, v in r.items() if k != col} for r in rows], schema.remove(schema.get_field_index(col)), "parquet")
+            data = table_bytes([{k: v for k, v in r.items() if k != col} for r in rows], schema.remove(schema.get_field_index(col)), "parquet")
             # a trailing optional column may be omitted: the file stays valid
             name, rule = name.rsplit(".", 1)[0] + ".parquet", (None if col in OPTIONAL_COLUMNS.get(table, ()) else
                                                                f"{table}.schema.columns")
         elif kind == "extra_column":
-            data = to_bytes([dict(r, junk=1) for r in rows], schema.append(pa.field("junk", pa.int64())), "parquet")
+            data = table_bytes([dict(r, junk=1) for r in rows], schema.append(pa.field("junk", pa.int64())), "parquet")
             name, rule = name.rsplit(".", 1)[0] + ".parquet", f"{table}.schema.columns"
         elif kind == "wrong_type":
             i = rng.randrange(len(schema))
             f = schema.field(i)
             new_t = pa.int64() if pa.types.is_string(f.type) else pa.string()
             conv = (lambda v: None if v is None else len(v)) if pa.types.is_string(f.type) else (lambda v: None if v is None else str(v))
-            data = to_bytes([dict(r, **{f.name: conv(r[f.name])}) for r in rows], schema.set(i, pa.field(f.name, new_t)), "parquet")
+            data = table_bytes([dict(r, **{f.name: conv(r[f.name])}) for r in rows], schema.set(i, pa.field(f.name, new_t)), "parquet")
             name, rule = name.rsplit(".", 1)[0] + ".parquet", f"{table}.schema.types"
         elif kind == "reorder":
             rev = pa.schema(list(reversed(list(schema))))
-            data = to_bytes(rows, rev, "parquet")
+            data = table_bytes(rows, rev, "parquet")
             name, rule = name.rsplit(".", 1)[0] + ".parquet", f"{table}.schema.columns"
         elif kind == "empty_bytes":
             data, rule = b"", f"{table}.file.readable"
         elif kind == "truncated":
-            pqdata = to_bytes(rows, schema, "parquet")
+            pqdata = table_bytes(rows, schema, "parquet")
             name, data, rule = name.rsplit(".", 1)[0] + ".parquet", pqdata[: len(pqdata) // 2], f"{table}.file.readable"
         elif kind == "garbage":
             name = name.rsplit(".", 1)[0] + ".parquet"
             data, rule = bytes(rng.getrandbits(8) for _ in range(200)), f"{table}.file.readable"
         elif kind == "csv_semicolon":
-            text = to_bytes(rows, schema, "csv").decode().replace(",", ";")
+            text = table_bytes(rows, schema, "csv").decode().replace(",", ";")
             name, data, rule = name.rsplit(".", 1)[0] + ".csv", text.encode(), f"{table}.file.delimiter"
         elif kind == "csv_latin1":
-            text = to_bytes(rows, schema, "csv").decode()
+            text = table_bytes(rows, schema, "csv").decode()
             name, data, rule = name.rsplit(".", 1)[0] + ".csv", (text + '"é"\n').encode("latin-1"), f"{table}.file.encoding"
         elif kind == "csv_bad_value":
             num = [f.name for f in schema if not pa.types.is_string(f.type)]
@@ -182,7 +160,7 @@ def make_batch(rng: random.Random):
             pacsv.write_csv(t, buf)
             name, data, rule = name.rsplit(".", 1)[0] + ".csv", buf.getvalue(), f"{table}.schema.types"
         elif kind == "no_rows":
-            files[table] = [(n.rsplit(".", 1)[0] + ".parquet", to_bytes([], schema, "parquet")) for n, _ in files[table]]
+            files[table] = [(n.rsplit(".", 1)[0] + ".parquet", table_bytes([], schema, "parquet")) for n, _ in files[table]]
             expect["error"] = (f"{table}.rows.non_empty", table)
             return files, expect
         files[table][p] = (name, data)
