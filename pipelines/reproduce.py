@@ -36,7 +36,7 @@ from pathlib import Path
 import yaml
 
 from campaignops.config import Settings
-from campaignops.pipelines import layout
+from campaignops.pipelines import layout, versioning
 
 MATCHED, MISMATCH, MISSING = "matched", "mismatch", "missing"
 DVC_LOCK_ARTIFACT = "lineage/dvc.lock"     # what train logs (pipelines/train.py)
@@ -184,8 +184,7 @@ def reproduce(settings: Settings, ref: str, client=None, store=None, keep: bool 
         env["PYTHONPATH"] = str(pyroot)
         env["DVC_NO_ANALYTICS"] = "1"
         dvc = str(Path(sys.executable).with_name("dvc"))
-        _run([dvc, "remote", "modify", "--local", "store", "url", f"s3://{wss.bucket}/dvc"], ws, env, "dvc remote")
-        _run([dvc, "remote", "modify", "--local", "store", "endpointurl", wss.s3_endpoint], ws, env, "dvc remote")
+        versioning.configure_remote(wss)   # the stack's remote, downloads verified
 
         if batch:
             say(f"re-landing raw batch {batch}'s manifest (ingest)")
@@ -193,8 +192,8 @@ def reproduce(settings: Settings, ref: str, client=None, store=None, keep: bool 
         validated = layout.VALIDATED_DIR.as_posix()
         say(f"pulling {validated} from the DVC remote")
         try:
-            _run([dvc, "pull", "--quiet", validated], ws, env, f"dvc pull {validated}")
-        except RuntimeError as exc:
+            versioning.pull(wss, validated)
+        except RuntimeError as exc:   # CorruptRemoteData names the file
             checks.append(_check(validated, _dep_md5(recorded, validated), None, f"pull failed: {str(exc)[-500:]}"))
             return _finish(out)
 
