@@ -23,7 +23,7 @@ Logic lives in `campaignops.pipelines.adjust`; this file only wires it.
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
@@ -35,7 +35,8 @@ ASSETS = lineage(load_settings().bucket)
 
 @dag(
     schedule=CronTriggerTimetable("0 6 * * *", timezone="UTC"),
-    start_date=datetime(2026, 1, 1),
+    # No start_date: the first scheduled run is the next cron time after the DAG appears (unpausing
+    # does not start a run for a past day; dates before are run by backfill). tests/dags/test_schedules.py
     catchup=False,
     max_active_runs=1,
     tags=["campaignops", "adjust"],

@@ -21,7 +21,7 @@ Logic lives in `campaignops.pipelines.feedback`; this file only wires it.
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
@@ -34,7 +34,8 @@ ASSETS = lineage(load_settings().bucket)
 @dag(
     # 05:00 UTC: after campaign_retrain (03:00) has validated the day's batch with the outcomes.
     schedule=CronTriggerTimetable("0 5 * * *", timezone="UTC"),
-    start_date=datetime(2026, 1, 1),
+    # No start_date: the first scheduled run is the next cron time after the DAG appears (unpausing
+    # does not start a run for a past day; dates before are run by backfill). tests/dags/test_schedules.py
     catchup=False,
     max_active_runs=1,
     tags=["campaignops", "feedback"],
