@@ -28,6 +28,7 @@ from datetime import timedelta
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
 from campaignops.config import load_settings
+from campaignops.pipelines.tasklog import on_task_start
 from campaignops.pipelines.assets import ALLOCATIONS, SCORES, VALIDATED, lineage
 
 ASSETS = lineage(load_settings().bucket)
@@ -42,7 +43,7 @@ ASSETS = lineage(load_settings().bucket)
     tags=["campaignops", "adjust"],
     description="Reallocate running campaigns' remaining sends per segment (Thompson sampling, model priors, capped)",
     doc_md=__doc__,
-    default_args={"owner": "campaignops", "retries": 3, "retry_delay": timedelta(minutes=1),
+    default_args={"owner": "campaign-ml", "on_execute_callback": on_task_start, "retries": 3, "retry_delay": timedelta(minutes=1),
                   "retry_exponential_backoff": 2.0, "max_retry_delay": timedelta(minutes=10),
                   "execution_timeout": timedelta(minutes=30)},
     params={

@@ -32,6 +32,7 @@ from datetime import timedelta
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
 from campaignops.config import load_settings
+from campaignops.pipelines.tasklog import on_task_start
 from campaignops.pipelines.assets import (CHAMPION, DAY_RECORDS, FEATURES, MODEL_RUNS, QUARANTINE, RAW_BATCH,
                                           VALIDATED, airflow_assets, lineage)
 
@@ -43,6 +44,7 @@ TRAIN_DOC = ("DVC stage train: fit the network and baselines, log the MLflow run
 
 
 @dag(
+    description="Daily retraining for one raw batch: validate, features, drift gate, train, evaluate vs champion, promote",
     schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * *", timezone="UTC"),
                                  assets=ASSETS[RAW_BATCH]),
     # No start_date: the first scheduled run is the next cron time after the DAG appears (unpausing
@@ -51,11 +53,15 @@ TRAIN_DOC = ("DVC stage train: fit the network and baselines, log the MLflow run
     max_active_runs=1,
     tags=["campaignops", "training"],
     doc_md=__doc__,
-    default_args={"owner": "campaignops", "retries": 3, "retry_delay": timedelta(minutes=1),
+    default_args={"owner": "campaign-ml", "on_execute_callback": on_task_start, "retries": 3, "retry_delay": timedelta(minutes=1),
                   "retry_exponential_backoff": 2.0, "max_retry_delay": timedelta(minutes=10),
                   "execution_timeout": timedelta(minutes=60)},
     params={"batch": Param(None, type=["null", "string"], title="Raw batch",
-                           description="raw batch id to train on; empty = the run's logical date (YYYY-MM-DD)")},
+                           description="raw batch id to train on; empty = the run's logical date (YYYY-MM-DD)"),
+            "drift_override_reason": Param("", type="string", maxLength=500, title="Drift override reason",
+                                           description="only when the drift gate blocked this batch: why training on "
+                                                       "it anyway is right (recorded in the drift report with your user "
+                                                       "name)")},
 )
 def campaign_retrain():
     @task.short_circuit(execution_timeout=timedelta(minutes=10),
@@ -104,16 +110,24 @@ def campaign_retrain():
             raise
 
     @task(execution_timeout=timedelta(minutes=20),
-          doc_md="Drift gate on the new features vs the champion's training snapshot; a breach fails at once.")
-    def drift_check() -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
+          doc_md="Drift gate on the new features vs the champion's training snapshot. A breach skips the rest "
+                 "of the run (train, evaluate, promote; the day is not recorded, so it can run again) and the run's "
+                 "note says BLOCKED with the reason; the *Drift override reason* param lets it through, recorded.")
+    def drift_check(params=None, dag_run=None) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
 
+        from campaignops.pipelines import run_notes
         from campaignops.pipelines.drift import DriftDetected, gate_training, summary
 
+        reason = ((params or {}).get("drift_override_reason") or "").strip()
+        override = {"reason": reason, "by": str(getattr(dag_run, "triggering_user_name", None) or "airflow")} \
+            if reason else None
         try:
-            return summary(gate_training(load_settings()))
+            return summary(gate_training(load_settings(), override=override))
         except DriftDetected as exc:
-            raise AirflowFailException(f"drift gate: {exc}") from None
+            run_notes.set_note(load_settings(), "campaign_retrain", getattr(dag_run, "run_id", None),
+                               run_notes.blocked_note("training", str(exc), "drift_override_reason"))
+            raise AirflowSkipException(f"drift gate: {exc}") from None
 
     @task(inlets=[ASSETS[FEATURES], ASSETS[MODEL_RUNS], LINEAGE[CHAMPION]], execution_timeout=timedelta(minutes=60),
           doc_md="Candidate vs champion on the same holdout; a rerun reuses the verdict logged to the candidate's run.")
@@ -147,11 +161,18 @@ def campaign_retrain():
 
     @task(trigger_rule="none_failed", outlets=[ASSETS[DAY_RECORDS]], execution_timeout=timedelta(minutes=10),
           doc_md="Write the day record retrain/<batch>/record.json (first writer wins).")
-    def record(planned: dict, evaluation: dict, promotion: dict | None = None, dag_run=None) -> dict:
-        from campaignops.pipelines import retrain_day
+    def record(planned: dict, evaluation: dict | None, promotion: dict | None = None, dag_run=None) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
 
+        from campaignops.pipelines import retrain_day, run_notes
+
+        if not evaluation:   # blocked before evaluation (drift gate): the day stays open for a rerun
+            raise AirflowSkipException(f"day {planned['batch']} not recorded: nothing was evaluated")
         context = {"dag_id": "campaign_retrain", "dag_run_id": dag_run.run_id if dag_run else None}
-        out = retrain_day.write_record(load_settings(), planned, evaluation, promotion, context)
+        settings = load_settings()
+        out = retrain_day.write_record(settings, planned, evaluation, promotion, context)
+        run_notes.set_note(settings, "campaign_retrain", context["dag_run_id"],
+                           run_notes.retrain_note(settings, planned["batch"], evaluation, promotion))
         return {k: out[k] for k in ("batch", "promoted", "version", "champion_after")}
 
     planned = plan()

@@ -289,8 +289,8 @@ def enforce(report: dict) -> dict:
         f"{report.get('batch')!r} shifted against the training snapshot of {ref.get('model_name')} "
         f"v{ref.get('model_version')}: {listed}. Report: {report.get('report_uri') or report.get('report_path')}. "
         "Check the upstream source of these features first; if the shift is real and expected, give the feature "
-        f"its own max_psi (or exempt it, with a why) under params.yaml drift.features, or set "
-        f"drift.on_breach.{report['stage']}: warn for this run.", report["breaches"])
+        f"its own max_psi (or exempt it, with a why) under params.yaml drift.features, or run again with a drift "
+        f"override reason (the DAG's `drift_override_reason` param; recorded with the run).", report["breaches"])
 
 
 def champion_reference(settings, stage: str) -> tuple:
@@ -321,7 +321,7 @@ def champion_reference(settings, stage: str) -> tuple:
     return table, {**info, "snapshot": snap, "meta": meta}
 
 
-def gate_training(settings, store=None) -> dict:
+def gate_training(settings, store=None, override: dict | None = None) -> dict:
     """Before training: the new batch's train + valid exposures (data/features, arms attached) vs
     the champion's snapshot. Writes the report; raises DriftDetected on a blocking breach."""
     import pyarrow as pa
@@ -340,16 +340,16 @@ def gate_training(settings, store=None) -> dict:
                                       arms, "exposure_id", False))
         return pa.concat_tables(frames, promote_options="default")
 
-    return _gate(settings, "train", current, store)
+    return _gate(settings, "train", current, store, override)
 
 
-def gate_scoring(settings, campaign_id: str | None = None, users=None, store=None) -> dict:
+def gate_scoring(settings, campaign_id: str | None = None, users=None, store=None, override: dict | None = None) -> dict:
     """Before scoring: every user's features as of the campaign's start (the scoring frame; built
     here with the champion's feature metadata unless given) vs the champion's snapshot."""
     def current(_ref, meta):
         return users if users is not None else scoring_users(settings, campaign_id, meta)[0]
 
-    return _gate(settings, "score", current, store)
+    return _gate(settings, "score", current, store, override)
 
 
 def scoring_users(settings, campaign_id: str | None, meta: dict):
@@ -361,7 +361,9 @@ def scoring_users(settings, campaign_id: str | None, meta: dict):
     return campaign_scoring_frame(connect(ws / layout.VALIDATED_DIR), campaign_id, meta)[0], campaign_id
 
 
-def _gate(settings, stage: str, current, store) -> dict:
+def _gate(settings, stage: str, current, store, override: dict | None = None) -> dict:
+    """`override` ({"reason": ..., "by": ...}, a non-empty reason): a blocking breach is let through for
+    this run, status `overridden`, the override kept in the report (and so in the scoring manifest)."""
     pol = policy(settings.params, stage)
     table, info = champion_reference(settings, stage)
     meta = info.pop("meta", {})
@@ -372,6 +374,10 @@ def _gate(settings, stage: str, current, store) -> dict:
         cats = info.get("snapshot", {}).get("categorical", [c for c in ARM_FEATURES if c in table.column_names])
         report = assess(table, current(table, meta), pol, categorical=cats)
     report["reference"] = info
+    if report["status"] == "blocked" and override and str(override.get("reason") or "").strip():
+        report["status"], report["override"] = "overridden", dict(override)
+        log.warning("drift gate (%s) overridden by %s: %s; breaches %s", stage, override.get("by"),
+                    override["reason"], report["breaches"])
     write_report(settings, report, store)
     return enforce(report)
 
@@ -401,7 +407,8 @@ def write_report(settings, report: dict, store=None) -> dict:
 
 def summary(report: dict) -> dict:
     """What a task result, the CLI and the scoring manifest keep of a report."""
-    keys = ("stage", "status", "breaches", "max_psi", "max_psi_feature", "note", "report_uri", "report_path", "check_id")
+    keys = ("stage", "status", "breaches", "max_psi", "max_psi_feature", "note", "report_uri", "report_path", "check_id",
+            "override")
     out = {k: report[k] for k in keys if k in report}
     out["reference_model_version"] = report.get("reference", {}).get("model_version")
     out["exempt_over_threshold"] = sorted(n for n, f in report.get("features", {}).items()

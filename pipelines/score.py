@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 
 def run(settings: Settings, campaign_id: str | None = None, budget=None, store: ObjectStore | None = None,
         engine: str | None = None, exploration: dict | None = None, allow_last_validated: bool = False,
-        replay: bool = False, context: dict | None = None) -> dict:
-    """Score a campaign; returns the committed manifest (an existing one if the same request ran)."""
+        replay: bool = False, context: dict | None = None, drift_override: dict | None = None) -> dict:
+    """Score a campaign; returns the committed manifest (an existing one if the same request ran).
+    `drift_override` ({"reason", "by"}) lets a blocking drift breach through, recorded in the manifest."""
     from campaignops.pipelines import tracking
     from campaignops.pipelines.run_commit import RunWriter
 
@@ -75,7 +76,7 @@ def run(settings: Settings, campaign_id: str | None = None, budget=None, store: 
         log.info("score %s: features of %d users as of %s in %.1f s: %s", req.campaign_id, features["rows"],
                  req.start, time.perf_counter() - t, features["uri"])
         failpoints.hit("features_written")
-        drift = _drift(settings, Path(features["local_path"]), req.campaign_id, store)
+        drift = _drift(settings, Path(features["local_path"]), req.campaign_id, store, drift_override)
         failpoints.hit("drift_checked")
         t = time.perf_counter()
         preds = predict(engine, settings, pyfunc, model_uri, req.arms, features, params)
@@ -249,6 +250,8 @@ def summary(manifest: dict) -> dict:
         out["forecast_over_truth"] = manifest["truth_check"]["forecast_over_truth"]
     if manifest.get("reused"):
         out["reused"] = True
+    if (manifest.get("drift") or {}).get("override"):
+        out["drift_override"] = manifest["drift"]["override"].get("reason")
     return out
 
 
@@ -341,7 +344,7 @@ def scoring_features(settings: Settings, store: ObjectStore, req: Request, meta:
     return {"uri": store.uri(key), "sha256": sha, "rows": rows, "local_path": str(path)}
 
 
-def _drift(settings: Settings, path: Path, campaign_id: str, store) -> dict:
+def _drift(settings: Settings, path: Path, campaign_id: str, store, override: dict | None = None) -> dict:
     """The drift gate before scoring (pipelines/drift.py) on a seeded sample of the scoring frame
     (read one row group at a time, sequences left out); raises DriftDetected on a blocking breach."""
     from campaignops.pipelines.drift import gate_scoring, summary
@@ -355,7 +358,7 @@ def _drift(settings: Settings, path: Path, campaign_id: str, store) -> dict:
     for rg in range(f.metadata.num_row_groups):
         t = f.read_row_group(rg, columns=cols)
         parts.append(t if share >= 1 else t.take(np.flatnonzero(rng.random(t.num_rows) < share)))
-    return summary(gate_scoring(settings, campaign_id, users=pa.concat_tables(parts), store=store))
+    return summary(gate_scoring(settings, campaign_id, users=pa.concat_tables(parts), store=store, override=override))
 
 
 def _truth_check(settings, store, campaign_id, preds, arm_ids, a, forecast) -> dict | None:

@@ -83,7 +83,7 @@ def test_feedback_compares_then_checks_daily_with_a_form(dagbag):
     assert {"campaign_id", "scores_run_id"} <= set(dag.params.keys())
     assert dag.params["campaign_id"] is None and dag.params["scores_run_id"] is None
     assert dag.schedule.expression == "0 5 * * *" and not dag.catchup and dag.description and dag.doc_md
-    assert dag.owner == "campaignops" and dag.tags >= {"campaignops", "feedback"}
+    assert dag.owner == "campaign-ml" and dag.tags >= {"campaignops", "feedback"}
     assert dag.get_task("compare").retries >= 2 and dag.get_task("check_forecast").retries == 0
     assert all(dag.get_task(t).doc_md for t in dag.task_ids)
 
@@ -96,7 +96,7 @@ def test_adjust_runs_daily_one_mapped_task_per_due_campaign_with_a_form(dagbag):
     assert {"campaign_id", "date"} <= set(dag.params.keys())
     assert dag.params["campaign_id"] is None and dag.params["date"] is None
     assert dag.schedule.expression == "0 6 * * *" and not dag.catchup and dag.max_active_runs == 1
-    assert dag.description and dag.doc_md and dag.owner == "campaignops" and dag.tags >= {"campaignops", "adjust"}
+    assert dag.description and dag.doc_md and dag.owner == "campaign-ml" and dag.tags >= {"campaignops", "adjust"}
     assert all(dag.get_task(t).retries >= 2 and dag.get_task(t).doc_md for t in dag.task_ids)
 
 
@@ -214,21 +214,69 @@ def test_a_refused_candidate_skips_promote_with_the_gates_reasons(dagbag, monkey
     assert _promote_callable(dagbag)({"passed": True, "reasons": []})["champion_version"] == "3"
 
 
-def test_refusals_a_retry_cannot_change_fail_at_once(dagbag, monkeypatch):
-    from airflow.sdk.exceptions import AirflowFailException
+def test_a_drift_block_is_a_labelled_skip_and_an_override_reason_goes_through(dagbag, monkeypatch):
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-    from campaignops.pipelines import drift, score
+    from campaignops.pipelines import drift, run_notes, score
+
+    notes, seen = [], {}
+    monkeypatch.setattr(run_notes, "set_note", lambda settings, dag_id, run_id, text: notes.append(text) or True)
 
     def breach(*a, **kw):
+        seen.update(kw)
+        if kw.get("drift_override") or kw.get("override"):
+            return {"stage": "score", "status": "overridden"} if "override" in kw else _manifest()
         raise drift.DriftDetected("PSI 0.40 > 0.25 on recency_days", {"recency_days": 0.40})
+
+    def _manifest():
+        return {"campaign_id": "C1", "status": "targeted", "rows": 5, "users_targeted": 2, "budget": 10.0,
+                "spent": 4.0, "forecast": {"total": {"incremental_responses": 1.5}}, "model": {"uri": "models:/m/3"},
+                "output": {"manifest": "s3://b/scores/C1/r/manifest.json"}, "exploration": {},
+                "drift": {"status": "overridden", "override": {"reason": "new catalogue", "by": "eve"}}}
+
+    class Run:
+        run_id, triggering_user_name = "manual__1", "eve"
 
     monkeypatch.setattr(score, "run", breach)
     task = dagbag.dags["campaign_score"].get_task("score")
-    with pytest.raises(AirflowFailException, match="score refused: PSI 0.40"):    # AirflowFailException: no retry
-        task.python_callable({"campaign_id": "C1", "budget": 10.0}, params={"engine": "local"})
+    with pytest.raises(AirflowSkipException, match="blocked by the drift gate: PSI 0.40"):
+        task.python_callable({"campaign_id": "C1", "budget": 10.0}, params={"engine": "local"}, dag_run=Run())
+    assert "BLOCKED by the drift gate" in notes[-1] and "drift_override_reason" in notes[-1]
+    out = task.python_callable({"campaign_id": "C1", "budget": 10.0}, dag_run=Run(),
+                               params={"engine": "local", "drift_override_reason": "new catalogue"})
+    assert seen["drift_override"] == {"reason": "new catalogue", "by": "eve"}
+    assert out["drift_override"] == "new catalogue" and "drift gate overridden: new catalogue" in notes[-1]
+
+    def refused(*a, **kw):
+        raise score.RequestError("budget must be positive")
+
+    monkeypatch.setattr(score, "run", refused)
+    with pytest.raises(AirflowFailException, match="score refused: budget"):    # AirflowFailException: no retry
+        task.python_callable({"campaign_id": "C1", "budget": 10.0}, params={"engine": "local"}, dag_run=Run())
+
     monkeypatch.setattr(drift, "gate_training", breach)
-    with pytest.raises(AirflowFailException, match="drift gate: PSI 0.40"):
-        dagbag.dags["campaign_retrain"].get_task("drift_check").python_callable()
+    check = dagbag.dags["campaign_retrain"].get_task("drift_check")
+    with pytest.raises(AirflowSkipException, match="drift gate: PSI 0.40"):
+        check.python_callable(params={}, dag_run=Run())
+    assert "BLOCKED" in notes[-1]
+    assert check.python_callable(params={"drift_override_reason": "seasonal"}, dag_run=Run())["status"] == "overridden"
+    assert seen["override"] == {"reason": "seasonal", "by": "eve"}
+    with pytest.raises(AirflowSkipException, match="not recorded"):
+        dagbag.dags["campaign_retrain"].get_task("record").python_callable({"batch": "2026-01-01"}, None, None)
+
+
+def test_dags_describe_themselves_and_show_defaults_in_their_forms(dagbag):
+    from campaignops.config import load_settings
+
+    for dag_id, dag in dagbag.dags.items():
+        assert dag.description and dag.doc_md, dag_id
+        assert all(t.owner not in ("airflow", "") and t.doc_md for t in dag.tasks), dag_id
+        for key, param in dag.params.items():
+            param = dag.params.get_param(key)
+            assert param.schema.get("title") and param.description, (dag_id, key)
+    form = dagbag.dags["campaign_score"].params
+    assert form["budget"] == float(load_settings().params["score"]["default_budget"])
+    assert form.get_param("engine").schema["enum"] == ["local", "spark"]
 
 
 def test_a_failed_validation_fails_at_once_other_stage_errors_are_retried(dagbag, monkeypatch, tmp_path):
