@@ -48,12 +48,29 @@ def configure_remote(settings: Settings) -> None:
 
 
 def repro(settings: Settings, stage: str, push: bool = True) -> dict:
-    """`dvc repro --single-item <stage>` then `dvc push <stage>`; returns what DVC said."""
+    """`dvc repro --single-item <stage>` then `dvc push <stage>`. Returns what a person needs: whether
+    the stage ran or was up to date, its outputs with their md5 and where they went, and the time."""
+    import time
+
+    import yaml
+
+    from campaignops.pipelines.tasklog import phase
+
     configure_remote(settings)
-    out = _dvc(settings, "repro", "--single-item", stage)
-    ran = "Running stage" in out.stdout
-    pushed = _dvc(settings, "push", stage).stdout.strip() if push else ""
-    return {"stage": stage, "ran": ran, "dvc": out.stdout.strip().splitlines()[-3:], "push": pushed}
+    with phase(f"dvc stage {stage}") as facts:
+        t0 = time.perf_counter()
+        out = _dvc(settings, "repro", "--single-item", stage)
+        ran = "Running stage" in out.stdout
+        facts.update(ran=ran, seconds=round(time.perf_counter() - t0, 1))
+        pushed = _dvc(settings, "push", stage).stdout.strip() if push else ""
+        n_pushed = next((int(w) for line in pushed.splitlines() for w in line.split()[:1] if w.isdigit()), 0)
+        lock = settings.workspace / "dvc.lock"
+        outs = ((yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get(stage, {}).get("outs", [])
+                if lock.is_file() else [])
+        facts.update(outputs={o["path"]: o.get("md5") for o in outs}, pushed_files=n_pushed)
+    remote = f"s3://{settings.bucket}/dvc"
+    return {"stage": stage, "ran": ran, "outputs": facts["outputs"], "pushed_files": n_pushed,
+            "remote": remote if push else None}
 
 
 def pull(settings: Settings, *targets: str) -> dict:
