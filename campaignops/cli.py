@@ -1,18 +1,68 @@
 """The `campaignops` command line: one thin subcommand per pipeline step, shared by people,
-DVC stages and Airflow tasks. Heavy libraries load inside the subcommand that needs them."""
+DVC stages and Airflow tasks. Heavy libraries load inside the subcommand that needs them.
+
+Bad input — a data or mapping file that is missing, a directory or unreadable, a mapping's
+problems, an unsafe batch or campaign id — prints one line per problem naming the file or option
+and exits 2, without a traceback (_InputErrors); CAMPAIGNOPS_DEBUG=1 shows the traceback instead."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
 from campaignops.config import load_settings
+from campaignops.pipelines.inputs import InputError, check_id, one_line
 
-app = typer.Typer(help="campaignops: personalized campaign MLOps", no_args_is_help=True)
+DEBUG_ENV = "CAMPAIGNOPS_DEBUG"   # set (not 0): input errors raise with their traceback
+FILE_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def _input_error_lines(exc: BaseException) -> list[str] | None:
+    """The lines that report `exc` if it is bad input (else None: a bug keeps its traceback)."""
+    if isinstance(exc, InputError):
+        lines = str(exc).splitlines() or [type(exc).__name__]
+        if hasattr(exc, "problems") and len(lines) > 1:   # a MappingError: each line names file and key
+            return [f"[red]mapping errors ({len(lines)}):[/]", *(escape(line) for line in lines)]
+        return [("[red]mapping error:[/] " if hasattr(exc, "problems") else "[red]error:[/] ") + escape(lines[0])]
+    if isinstance(exc, FILE_ERRORS):
+        what = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
+        return ["[red]error:[/] " + escape(one_line(what))]
+    return None
+
+
+class _InputErrors(TyperGroup):
+    """Every command runs inside this: bad input becomes its lines and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (ValueError, OSError) as exc:
+            lines = _input_error_lines(exc)
+            if lines is None or _debug():
+                raise
+            for line in lines:
+                console.print(line, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "0") not in ("", "0")
+
+
+def _safe_id(value: str | None, option: str) -> str | None:
+    """An id option's value, checked against the safe-id rule (UnsafeId otherwise)."""
+    return None if value is None else check_id(value, option)
+
+
+app = typer.Typer(help=f"campaignops: personalized campaign MLOps ({DEBUG_ENV}=1: tracebacks for input errors)",
+                  no_args_is_help=True, cls=_InputErrors)
 stack_app = typer.Typer(help="The embedded local stack (S3, MLflow, Airflow)", no_args_is_help=True)
 data_app = typer.Typer(help="Raw data: synthetic generation and imports", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
@@ -25,12 +75,15 @@ def _print(result) -> None:
 
 
 @stack_app.command("up")
-def stack_up() -> None:
-    """Start SeaweedFS (S3), MLflow and Airflow on 127.0.0.1 and wait until healthy."""
+def stack_up(profile: Optional[str] = typer.Option(
+        None, help="local (default: LocalExecutor, SQLite) | distributed (Airflow on Postgres with the "
+                   "CeleryExecutor, a Redis broker and params stack.celery_workers workers); recorded for down/status")) -> None:
+    """Start SeaweedFS (S3), MLflow and Airflow (+ Postgres and Redis for --profile distributed) on
+    127.0.0.1 and wait until healthy."""
     from campaignops.infra import stack
 
     settings = load_settings()
-    stack.up(settings)
+    stack.up(settings, profile=profile)
     stack_status()
 
 
@@ -72,6 +125,7 @@ def data_generate(users: Optional[int] = typer.Option(None, help="number of user
     """Write a synthetic campaign world with known truth to S3 raw/<batch>/."""
     from campaignops.pipelines import synth
 
+    _safe_id(batch, "--batch")
     try:
         manifest = synth.generate(load_settings(), users=users, seed=seed, batch=batch, date=date,
                                   broken_outcomes=broken_outcomes)
@@ -105,16 +159,11 @@ def data_import(datafile: str = typer.Argument(..., help="the campaign log: CSV 
                                "holdout, test, true, 1, yes)")) -> None:
     """Map a randomized campaign log into a raw batch raw/<batch>/ as the mapping declares (--init:
     write a starter mapping first). Without a holdout option the holdout is params features.split's."""
-    from rich.markup import escape
-
     from campaignops.pipelines import import_starter, importer
 
+    _safe_id(batch, "--batch")
     if init:
-        try:
-            path, guesses = import_starter.write_starter(datafile, mapping)
-        except import_starter.StarterError as exc:
-            console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
-            raise typer.Exit(2)
+        path, guesses = import_starter.write_starter(datafile, mapping)   # StarterError: one line, exit 2
         _print(guesses)
         console.print(escape(f"wrote {path}: check the lines marked CHECK, then "
                              f"`campaignops data import --mapping {path} {datafile}`"), highlight=False, soft_wrap=True)
@@ -134,13 +183,12 @@ def data_import(datafile: str = typer.Argument(..., help="the campaign log: CSV 
         manifest = importer.import_file(load_settings(), mapping, datafile, batch=batch, response=response,
                                         holdout_fold=fold, holdout_fraction=holdout_fraction,
                                         holdout_column=holdout_column)
-    except importer.MappingError as exc:
-        n = len(exc.problems)
-        console.print(f"[red]mapping error{'s' if n > 1 else ''} ({n}):[/]\n{escape(str(exc))}", highlight=False,
-                      soft_wrap=True)   # one line per problem
-        raise typer.Exit(2)
+    except InputError:   # a mapping's problems, an unreadable data file, an unsafe id: _InputErrors
+        raise
     except ValueError as exc:  # e.g. a holdout option out of range (importer.import_file checks them)
-        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        if _debug():
+            raise
+        console.print(f"[red]error:[/] {escape(one_line(str(exc)))}", soft_wrap=True)
         raise typer.Exit(2)
     result = manifest["import"]
     _print({"batch": manifest["batch"], "tables": {t: v["rows"] for t, v in manifest["tables"].items()},
@@ -157,7 +205,7 @@ def ingest(batch: Optional[str] = typer.Option(None, help="batch id (default: pa
     """Register a landed raw batch: snapshot its S3 manifest into data/raw_manifest.json."""
     from campaignops.pipelines import ingest as step
 
-    _print(step.ingest(load_settings(), batch=batch))
+    _print(step.ingest(load_settings(), batch=_safe_id(batch, "--batch")))
 
 
 @app.command()
@@ -192,6 +240,7 @@ def drift(stage: str = typer.Option(..., help="train: the new features before tr
 
     if stage not in step.STAGES:
         raise typer.BadParameter(f"--stage must be one of {', '.join(step.STAGES)}")
+    _safe_id(campaign_id, "--campaign-id")
     settings = load_settings()
     try:
         report = step.gate_training(settings) if stage == "train" else step.gate_scoring(settings, campaign_id)
@@ -321,6 +370,7 @@ def score(campaign_id: Optional[str] = typer.Option(None, help="campaign to scor
     logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
     logging.getLogger("campaignops").setLevel(logging.INFO)   # one line per phase; libraries stay at WARNING
     exploration = None if exploration_share is None else {"share": exploration_share}
+    _safe_id(campaign_id, "--campaign-id")
     try:
         manifest = step.run(load_settings(), campaign_id=campaign_id, budget=budget, engine=engine,
                             exploration=exploration, allow_last_validated=use_last_validated, replay=replay)
@@ -345,6 +395,8 @@ def feedback(campaign_id: str = typer.Option(..., help="campaign whose outcomes 
     (params.yaml feedback.gate); 2 the outcomes have not landed or the request cannot be served."""
     from campaignops.pipelines import feedback as step
 
+    _safe_id(campaign_id, "--campaign-id")
+    _safe_id(scores_run, "--scores-run")
     try:
         report = step.run(load_settings(), campaign_id, scores_run)
     except step.FeedbackError as exc:   # OutcomesNotReady included
@@ -386,6 +438,7 @@ def adjust(campaign_id: Optional[str] = typer.Option(None, help="running campaig
     allocations/<campaign>/); on its start day, write the plan that sends it in daily waves. Exit 2 when refused."""
     from campaignops.pipelines import adjust as step
 
+    _safe_id(campaign_id, "--campaign-id")
     try:
         results = step.run_due(load_settings(), campaign_id, date)
     except step.AdjustError as exc:

@@ -30,15 +30,24 @@ FILE` writes a starter from a log's columns, pipelines/import_starter.py):
 
 The network sees an arm only through ARM_ATTRIBUTES: arms equal in all of them are one arm to it
 (`indistinguishable_arms`; the import warns and records them).
+
+The mapping has no true/false settings: an unquoted yes/no/on/off/true/false (any case YAML 1.1
+reads as a boolean, e.g. `control: No`) stops the import with a hint to quote it, instead of
+becoming the text "False" that matches no row. Batch and campaign ids follow the safe-id rule of
+pipelines/inputs.py. A mapping that cannot be read (missing, a directory, not UTF-8, not YAML, not
+a mapping of keys) is a MappingError naming the file, like every other problem.
 """
 from __future__ import annotations
 
 import re
+import reprlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
+from campaignops.pipelines.inputs import ID_RULE, InputError, is_safe_id, one_line
 from campaignops.validation import suites
 from campaignops.validation.contract import CAMPAIGN_TYPES, CHANNELS, CONTROL, GENDERS
 
@@ -46,18 +55,100 @@ FORMATS = ("csv", "parquet")
 ARM_KEYS = {"variant", "type", "channel", "discount_rate", "cost_per_send", "target_category"}
 ARM_ATTRIBUTES = ("type", "channel", "discount_rate", "cost_per_send", "target_category")  # models/inputs.ARM_COLUMNS
 USER_FIELDS = ("age", "gender", "region", "occupation", "signup_ts")
+MAX_DEPTH = 8   # levels of nesting read_mapping accepts (a valid mapping has 4; deeper is garbage)
 TOP_KEYS = {"source", "batch", "campaign", "treatment", "outcomes", "id", "timestamp", "users", "features"}
-VARIANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ATTR_RE = re.compile(suites.ATTRIBUTE_NAME_REGEX)
 
 
-class MappingError(ValueError):
+class MappingError(InputError):
     """The mapping is invalid or does not fit the data file: every problem, one line each,
     as `<file>: <key>: <what is wrong and what to do>`."""
 
     def __init__(self, path: Path | str, problems: list[tuple[str, str]]):
-        self.path, self.problems = str(path), list(problems)
-        super().__init__("\n".join(f"{path}: {k}: {msg}" if k else f"{path}: {msg}" for k, msg in self.problems))
+        self.path = str(path)
+        self.problems = [(one_line(k), one_line(msg)) for k, msg in problems]
+        ValueError.__init__(self, "\n".join(f"{self.path}: {k}: {msg}" if k else f"{self.path}: {msg}"
+                                             for k, msg in self.problems))   # lines kept: one per problem
+
+
+@dataclass(frozen=True)
+class _YamlBool:
+    """A scalar YAML 1.1 read as a boolean, with the text it was written as."""
+    text: str
+    value: bool
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):   # libyaml when present: same rules, faster
+    """yaml's safe loader, but booleans stay _YamlBool so the mapping can name them."""
+
+
+_Loader.add_constructor("tag:yaml.org,2002:bool",
+                        lambda loader, node: _YamlBool(node.value, loader.construct_yaml_bool(node)))
+
+
+def _where(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    what = ": ".join(str(x) for x in (getattr(exc, "context", None), getattr(exc, "problem", None)) if x) or str(exc)
+    return what + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
+
+
+def _scan(tree) -> tuple[list[tuple[str, _YamlBool]], int]:
+    """(key path, boolean) for every boolean key or value in the parsed mapping, and its nesting
+    depth. Iterative, and shared (aliased) nodes are visited once: an alias bomb stays cheap."""
+    found, seen, todo, depth = [], set(), [("", tree, 0)], 0
+    while todo:
+        path, node, level = todo.pop()
+        depth = max(depth, level)
+        if isinstance(node, _YamlBool):
+            found.append((path, node))
+        elif isinstance(node, (dict, list)) and id(node) not in seen and level <= MAX_DEPTH:
+            seen.add(id(node))
+            items = node.items() if isinstance(node, dict) else ((f"[{i}]", v) for i, v in enumerate(node))
+            for k, v in items:
+                sub = f"{path}{k}" if isinstance(node, list) else (f"{path}.{k}" if path else str(k))
+                if isinstance(k, _YamlBool):
+                    found.append((sub, k))
+                todo.append((sub, v, level + 1))
+    return sorted(found, key=lambda f: f[0]), depth
+
+
+def read_mapping(path: Path | str) -> dict:
+    """The mapping file parsed: a dict of keys, or MappingError naming the file and why not (not
+    found, not a file, not UTF-8, not YAML, not a mapping, unquoted booleans)."""
+    path = Path(path)
+    try:
+        if path.exists() and not path.is_file():
+            raise MappingError(path, [("", "is a directory, not a mapping file" if path.is_dir()
+                                       else "is not a regular file")])
+        text = path.read_bytes().decode("utf-8-sig")
+        tree = yaml.load(text, Loader=_Loader)
+    except FileNotFoundError:
+        raise MappingError(path, [("", "mapping file not found")]) from None
+    except UnicodeDecodeError as exc:
+        raise MappingError(path, [("", f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}): "
+                                       "save the mapping as UTF-8")]) from None
+    except OSError as exc:   # permission denied, a broken link, ...
+        raise MappingError(path, [("", f"cannot be read ({exc.strerror or exc})")]) from None
+    except yaml.YAMLError as exc:
+        raise MappingError(path, [("", f"not valid YAML: {_where(exc)}")]) from None
+    except RecursionError:
+        raise MappingError(path, [("", "not valid YAML for a mapping: nested too deeply")]) from None
+    if not isinstance(tree, dict):
+        kind = "boolean" if isinstance(tree, _YamlBool) else type(tree).__name__
+        got = "an empty file" if tree is None else f"a YAML {kind} ({reprlib.repr(tree)})"
+        raise MappingError(path, [("", f"the mapping must be a YAML mapping of keys {sorted(TOP_KEYS)}, got {got}")])
+    bools, depth = _scan(tree)
+    if depth > MAX_DEPTH:
+        raise MappingError(path, [("", f"nested more than {MAX_DEPTH} levels deep; a valid mapping nests 4 "
+                                       "(treatment.arms.<value>.<attribute>)")])
+    if bools:
+        raise MappingError(path, [(k, f"unquoted {b.text} is read by YAML as the boolean {str(b.value).lower()}; the "
+                                      f"mapping has no true/false settings: quote it (\"{b.text}\") to mean the text")
+                                  for k, b in bools])
+    return tree
 
 
 class _Checks:
@@ -90,16 +181,12 @@ class _Checks:
         return v
 
 
-def load_mapping(path: Path | str, columns: list[str], response: str | None = None) -> dict:
+def load_mapping(path: Path | str, columns: list[str], response: str | None = None, raw: dict | None = None) -> dict:
     """Parse and check a mapping against the data file's columns. Returns the normalized mapping;
-    raises MappingError listing every problem found (file and key each)."""
+    raises MappingError listing every problem found (file and key each). `raw`: the file as
+    read_mapping returned it (else it is read here)."""
     path = Path(path)
-    try:
-        m = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise MappingError(path, [("", f"not valid YAML ({exc})")]) from exc
-    if not isinstance(m, dict):
-        raise MappingError(path, [("", f"the mapping must be a YAML mapping of keys {sorted(TOP_KEYS)}")])
+    m = read_mapping(path) if raw is None else raw
     c = _Checks(columns)
     for k in sorted(set(m) - TOP_KEYS, key=str):
         c.fail(str(k), f"unknown key; allowed top-level keys are {sorted(TOP_KEYS)}")
@@ -107,7 +194,10 @@ def load_mapping(path: Path | str, columns: list[str], response: str | None = No
     fmt = src.get("format")
     if fmt is not None and fmt not in FORMATS:
         c.fail("source.format", f"{fmt!r} is not one of {list(FORMATS)}")
-    out: dict = {"batch": m.get("batch"), "format": fmt}
+    batch = m.get("batch")
+    if batch is not None and not is_safe_id(batch):
+        c.fail("batch", _id_problem(batch))
+    out: dict = {"batch": batch, "format": fmt}
     out["timestamp"] = c.column("timestamp", m["timestamp"]) if m.get("timestamp") is not None else None
     campaign = _campaign(m, c, has_timestamp=m.get("timestamp") is not None)
     window_declared = campaign.pop("window_declared")
@@ -133,8 +223,8 @@ def _campaign(m: dict, c: _Checks, has_timestamp: bool) -> dict:
     if camp is None:
         return {"campaign_id": None, "window": None, "window_declared": False}
     cid = camp.get("id")
-    if not isinstance(cid, str) or not VARIANT_RE.match(cid):
-        c.fail("campaign.id", f"{cid!r}: need an id of letters, digits, '_', '.', '-' (max 64)")
+    if not is_safe_id(cid):
+        c.fail("campaign.id", _id_problem(cid))
     window = camp.get("window")
     out = {"campaign_id": cid, "window": None, "window_declared": window is not None}
     if window is None:
@@ -162,6 +252,9 @@ def _treatment(m: dict, c: _Checks) -> dict:
     out["treatment"] = c.column("treatment.column", tr.get("column"))
     if tr.get("control") is None:
         c.fail("treatment.control", "not declared: name the arm value of the randomized control (no-send) group")
+    elif isinstance(tr["control"], (dict, list)):
+        c.fail("treatment.control", f"{tr['control']!r}: need one arm value (text or a number), not a "
+               f"{type(tr['control']).__name__}")
     else:
         out["control"] = str(tr["control"])
     arms = tr.get("arms")
@@ -190,8 +283,8 @@ def _arm(key: str, a, c: _Checks, variants: set) -> dict | None:
         c.fail(f"{key}.{k}", "missing (every arm declares variant, type, channel, discount_rate, cost_per_send)")
     if "variant" in a:
         v = str(a["variant"])
-        if not VARIANT_RE.match(v) or v == CONTROL or v in variants:
-            c.fail(f"{key}.variant", f"{v!r}: need a unique id (letters, digits, '_', '.', '-'), not {CONTROL!r}")
+        if not isinstance(a["variant"], str) or not is_safe_id(v) or v == CONTROL or v in variants:
+            c.fail(f"{key}.variant", f"{a['variant']!r}: need a unique id as text ({ID_RULE}), not {CONTROL!r}")
         variants.add(v)
     if "type" in a and a["type"] not in CAMPAIGN_TYPES:
         c.fail(f"{key}.type", f"{a['type']!r} is not one of the contract's campaign types {list(CAMPAIGN_TYPES)}")
@@ -207,6 +300,13 @@ def _arm(key: str, a, c: _Checks, variants: set) -> dict | None:
     return {"variant": str(a["variant"]), "type": a["type"], "channel": a["channel"],
             "discount_rate": float(a["discount_rate"]), "cost_per_send": float(a["cost_per_send"]),
             "target_category": None if tc is None else str(tc)}
+
+
+def _id_problem(value) -> str:
+    if isinstance(value, str):
+        return f"{value!r}: not a safe id ({ID_RULE})"
+    return (f"{value!r}: YAML read this as a {type(value).__name__}, not text: quote it, and use a safe id "
+            f"({ID_RULE})")
 
 
 def _users(m: dict, c: _Checks) -> dict:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from campaignops.pipelines.import_mapping import ATTR_RE, VARIANT_RE, indistinguishable_arms
+from campaignops.pipelines.import_mapping import ATTR_RE, indistinguishable_arms
+from campaignops.pipelines.inputs import MAX_ID_LENGTH, InputError, is_safe_id
 from campaignops.validation import suites
 from campaignops.validation.contract import CONTROL, GENDERS
 
@@ -39,8 +40,8 @@ MAX_CATEGORIES = 50   # a text column with more distinct values is left out (an 
 WINDOW = ("2024-01-01T00:00:00", "2024-01-15T00:00:00")   # placeholder campaign window (two weeks)
 
 
-class StarterError(ValueError):
-    """The starter mapping cannot be written (names the file and what to do)."""
+class StarterError(InputError):
+    """The starter mapping cannot be written (one line naming the file and what to do)."""
 
 
 @dataclass
@@ -125,11 +126,12 @@ def _arm(value: str, column: str, taken: set) -> dict:
                                  ("bundle", {"bundle"})) if words & ws), "discount")
     pct = re.search(r"(\d+(?:\.\d+)?)\s*(%|pct|percent|off)", low)
     rate = float(pct.group(1)) / 100 if pct and float(pct.group(1)) <= 100 else 0.0
-    variant = re.sub(r"[^a-z0-9]+", "_", low).strip("_")[:64]
-    if not variant or variant.isdigit() or variant == CONTROL or not VARIANT_RE.match(variant):
-        variant = f"{re.sub(r'[^a-z0-9]+', '_', column.lower()).strip('_') or 'arm'}_{variant or len(taken)}"[:64]
+    variant = re.sub(r"[^a-z0-9]+", "_", low).strip("_")[:MAX_ID_LENGTH]
+    if not variant or variant.isdigit() or variant == CONTROL or not is_safe_id(variant):
+        prefix = re.sub(r"[^a-z0-9]+", "_", column.lower()).strip("_") or "arm"
+        variant = f"{prefix}_{variant or len(taken)}"[:MAX_ID_LENGTH]
     while variant in taken:
-        variant = f"{variant[:60]}_{len(taken)}"
+        variant = f"{variant[:MAX_ID_LENGTH - 4]}_{len(taken)}"
     taken.add(variant)
     return {"variant": variant, "type": kind, "channel": channel, "discount_rate": rate, "cost_per_send": 0.0,
             "target_category": None}
@@ -138,7 +140,7 @@ def _arm(value: str, column: str, taken: set) -> dict:
 def starter(df: pd.DataFrame, name: str, fmt: str) -> tuple[str, dict]:
     """(mapping YAML text with comments, the guesses) for a log read into `df` (file name `name`)."""
     n, cols = len(df), profile(df)
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).stem).strip("_.-")[:64] or "imported"
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).stem).strip("_.-")[:MAX_ID_LENGTH] or "imported"
     t, t_why = _treatment(cols, n)
     rest = [c for c in cols if c is not t]
     binaries = [c for c in rest if c.binary and c.named(RESPONSE) is not None]
@@ -154,7 +156,8 @@ def starter(df: pd.DataFrame, name: str, fmt: str) -> tuple[str, dict]:
              "# edit, then import (the holdout: --holdout-fraction P, --holdout-fold F/K or --holdout-column COL[=V]):",
              f"#   campaignops data import --mapping <this file> {name}",
              "# Format and rules: pipelines/import_mapping.py; a worked example: validation/mappings/hillstrom.yaml.",
-             f"source: {{format: {fmt}}}", f"batch: {slug}", "campaign:", f"  id: {slug}"]
+             # quoted: a slug like "no" or "1e3" stays text
+             f"source: {{format: {fmt}}}", f"batch: {_q(slug)}", "campaign:", f"  id: {_q(slug)}"]
     start = pd.Timestamp(WINDOW[0])
     if stamp is None:
         lines += ["  # Default: the log has no exposure-time column, so a placeholder two-week window. Exposure times",
@@ -259,23 +262,22 @@ def _users_lines(cols: list[Column], start: pd.Timestamp) -> list[str]:
 def write_starter(data_path: Path | str, out_path: Path | str | None = None) -> tuple[Path, dict]:
     """Write the starter mapping of `data_path` to `out_path` (default: <stem>.mapping.yaml in the
     current directory); never overwrites. Returns (the path written, the guesses)."""
-    from campaignops.pipelines.importer import read_source
+    from campaignops.pipelines.importer import check_data_file, read_source
 
     data_path = Path(data_path)
-    if not data_path.is_file():
-        raise StarterError(f"{data_path}: data file not found")
+    check_data_file(data_path)
     out = Path(out_path) if out_path is not None else Path(f"{data_path.stem}.mapping.yaml")
     if out.exists():
         raise StarterError(f"{out}: already exists; --init never overwrites a mapping: pass --mapping NEW.yaml "
                            "or move the file away")
     fmt = "parquet" if data_path.suffix.lower() in (".parquet", ".pq") else "csv"
-    try:
-        df = read_source(data_path, fmt)
-    except (ValueError, OSError) as exc:   # pandas' EmptyDataError / ParserError are ValueErrors
-        raise StarterError(f"{data_path}: cannot be read as {fmt} ({exc})") from exc
+    df = read_source(data_path, fmt)   # a DataFileError names the file and what is wrong with it
     if df.empty:
         raise StarterError(f"{data_path}: no data rows: the starter guesses from the values")
     text, guesses = starter(df, data_path.name, fmt)
-    with open(out, "x") as fh:   # exclusive: a file created meanwhile is not overwritten either
-        fh.write(text)
+    try:
+        with open(out, "x") as fh:   # exclusive: a file created meanwhile is not overwritten either
+            fh.write(text)
+    except OSError as exc:
+        raise StarterError(f"{out}: cannot be written ({exc.strerror or exc})") from None
     return out, guesses

@@ -22,11 +22,17 @@ train on it (`import.holdout_fold.time_quantile` is the train + valid share that
 exactly fold f, for a params-driven split). The log has no behaviour events: the events table is
 written empty and declared so (`empty_by_design`) in the manifest. Every import records its
 warnings (`import.warnings`), among them arms the network cannot tell apart.
+
+A data file that cannot be read as a table (missing, a directory, not UTF-8, truncated or garbled
+CSV, rows with more fields than the header, not parquet, duplicate column names) stops the import
+with a DataFileError naming the file; a file that reads imports every row. The batch id (--batch,
+the mapping's `batch`, else the file's stem) must be a safe id (pipelines/inputs.py).
 """
 from __future__ import annotations
 
 import shutil
 import tempfile
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -34,26 +40,84 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
 from campaignops.config import Settings
 from campaignops.pipelines import import_holdout as holdout
 from campaignops.pipelines import layout
 from campaignops.pipelines.import_holdout import fold_of  # noqa: F401  (importer.fold_of: benchmarks, tests)
 from campaignops.pipelines.import_mapping import (MappingError, arms_warning, check_arm_values,  # noqa: F401
-                                                  indistinguishable_arms, load_mapping)
+                                                  indistinguishable_arms, load_mapping, read_mapping)
+from campaignops.pipelines.inputs import ID_RULE, InputError, UnsafeId, check_id, is_safe_id
 from campaignops.pipelines.storage import sha256_file
 from campaignops.validation.contract import CONTROL, SCHEMAS, required_schema
 
 _spread_ms = holdout.spread_ms
 
 
+class DataFileError(InputError):
+    """The data file cannot be read as a table; one line naming the file and the problem."""
+
+
+def check_data_file(path: Path) -> None:
+    """DataFileError unless `path` is an existing regular file."""
+    if not path.exists():
+        raise DataFileError(f"data file {path}: not found")
+    if not path.is_file():
+        raise DataFileError(f"data file {path}: " + ("is a directory, not a data file" if path.is_dir()
+                                                     else "is not a regular file"))
+
+
 def read_source(path: Path, fmt: str | None) -> pd.DataFrame:
-    """The data file as strings (CSV) or its own types (parquet); nothing is parsed yet."""
-    fmt = fmt or ("parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv")
-    if fmt == "parquet":
-        return pq.read_table(path).to_pandas()
-    return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    """The data file as strings (CSV) or its own types (parquet); nothing is parsed yet. Every
+    record becomes a row (short rows padded with nulls); a file that cannot be read so, DataFileError."""
+    path = Path(path)
+    fmt = fmt if fmt in ("csv", "parquet") else ("parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv")
+    check_data_file(path)
+    where = f"data file {path}"
+    try:
+        if fmt == "parquet":   # ParquetFile: duplicate column names reach the check below
+            df = pq.ParquetFile(path).read().to_pandas()
+        else:
+            with warnings.catch_warnings():   # pandas drops the extra fields of long rows with only a warning
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], index_col=False)
+    except UnicodeDecodeError as exc:
+        raise DataFileError(f"{where}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}): "
+                            "save it as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise DataFileError(f"{where}: empty (no header row)") from None
+    except pd.errors.ParserWarning:
+        raise DataFileError(f"{where}: every row has more fields than the header: a column name is missing "
+                            "(or a delimiter inside an unquoted value)") from None
+    except pd.errors.ParserError as exc:
+        raise DataFileError(f"{where}: not a well-formed CSV ({str(exc).removeprefix('Error tokenizing data. ')})"
+                            ) from None
+    except PermissionError:
+        raise DataFileError(f"{where}: cannot be read (permission denied)") from None
+    except (pa.ArrowException, OSError, ValueError) as exc:   # not parquet, truncated, unsupported types
+        raise DataFileError(f"{where}: cannot be read as {fmt} ({exc})") from None
+    names = [str(c) for c in df.columns]
+    dupes = sorted({c for c in names if names.count(c) > 1})
+    if dupes:
+        raise DataFileError(f"{where}: column name(s) {dupes} appear more than once: rename them")
+    df.columns = names
+    return df
+
+
+def mapped_columns(m: dict) -> list[str]:
+    """The data columns a checked mapping reads."""
+    cols = [m[k] for k in ("treatment", "response", "revenue", "id", "timestamp") if m.get(k)]
+    cols += [rule[1] for rule in m["users"].values() if rule is not None and rule[0] == "column"]
+    return list(dict.fromkeys(cols + list(m["features"])))
+
+
+def check_flat(df: pd.DataFrame, columns: list[str], where: str) -> None:
+    """DataFileError if a mapped column holds nested values (lists, structs, maps: parquet only)."""
+    nested = [c for c in columns if df[c].dtype == object
+              and df[c].map(lambda v: isinstance(v, (list, tuple, dict, np.ndarray))).any()]
+    if nested:
+        raise DataFileError(f"{where}: column(s) {nested} hold lists or structs; the mapping takes one value per "
+                            "cell: flatten them or leave them out of the mapping")
 
 
 def _num(s: pd.Series) -> pd.Series:
@@ -199,18 +263,24 @@ def import_file(settings, mapping_path: Path | str, data_path: Path | str, batch
     a share of the users, `holdout_column` "COL" or "COL=VALUE" the rows that column marks."""
     spec = holdout.parse(holdout_fold, holdout_fraction, holdout_column)
     data_path, mapping_path = Path(data_path), Path(mapping_path)
-    if not data_path.is_file():
-        raise FileNotFoundError(f"data file {data_path} not found")
-    with open(mapping_path) as fh:  # the format option decides how the data file is read
-        fmt = (yaml.safe_load(fh) or {}).get("source", {}) or {}
-    df = read_source(data_path, fmt.get("format") if isinstance(fmt, dict) else None)
+    if batch is not None:
+        check_id(batch, "batch")
+    raw = read_mapping(mapping_path)
+    src = raw.get("source")   # its format option decides how the data file is read
+    df = read_source(data_path, src.get("format") if isinstance(src, dict) else None)
     if limit is not None:
         df = df.iloc[:limit].reset_index(drop=True)
-    m = load_mapping(mapping_path, [str(c) for c in df.columns], response=response)
-    warnings = check_arm_values(m, df[m["treatment"]])
+    if df.empty:
+        raise DataFileError(f"data file {data_path}: no data rows (only a header): nothing to import")
+    m = load_mapping(mapping_path, list(df.columns), response=response, raw=raw)
+    check_flat(df, mapped_columns(m), f"data file {data_path}")
+    notes = check_arm_values(m, df[m["treatment"]])
     twins = indistinguishable_arms(m["arms"])
-    warnings += [arms_warning(g, m["arms"]) for g in twins]
-    batch = str(batch or m["batch"] or data_path.stem)
+    notes += [arms_warning(g, m["arms"]) for g in twins]
+    if batch is None and m["batch"] is None and not is_safe_id(data_path.stem):
+        raise UnsafeId(f"data file {data_path}: its name gives the batch id {data_path.stem!r}, not a safe id "
+                       f"({ID_RULE}): pass --batch ID or set `batch:` in the mapping")
+    batch = batch or m["batch"] or data_path.stem
     if split_seed is not None:
         m["spread_salt"] = f"{m['campaign_id']}#{int(split_seed)}"
     if spec is not None and m["timestamp"]:
@@ -220,7 +290,7 @@ def import_file(settings, mapping_path: Path | str, data_path: Path | str, batch
     m["holdout"], m["data_path"] = spec, str(data_path)
     m["split"] = settings.params["features"]["split"] if settings is not None else None
     tables, stats = build_tables(m, df)
-    stats["warnings"] = warnings
+    stats["warnings"] = notes
     stats["indistinguishable_arms"] = twins
     if store is None:
         from campaignops.pipelines.storage import ObjectStore

@@ -9,7 +9,8 @@ have content-addressed names (`part-NNNNN-<sha256[:16]>.parquet`, as run_commit.
 whose bytes differ from the landed batch's writes *other* keys and can never overwrite a part the
 landed manifest lists. Landing an id again with the identical content (the manifest equal but for
 `created_at`) is a no-op that returns the landed manifest; with other content it is refused
-(BatchExists, naming the batch: land it under a new id)."""
+(BatchExists, naming the batch: land it under a new id). A batch id outside the safe-id rule
+(pipelines/inputs.py: no path separators, no leading dot, a length cap) is refused before any read."""
 from __future__ import annotations
 
 import hashlib
@@ -17,6 +18,7 @@ import json
 
 from campaignops.config import Settings
 from campaignops.pipelines import layout
+from campaignops.pipelines.inputs import check_id
 from campaignops.pipelines.storage import ObjectStore, write_json
 from campaignops.validation.contract import TABLES
 
@@ -43,8 +45,9 @@ def part_key(prefix: str, index: int, path) -> str:
 
 
 def landed_manifest(store, batch: str) -> dict | None:
-    """raw/<batch>/_manifest.json as landed, or None when the batch id is free."""
-    data = store.get_bytes_or_none(layout.raw_manifest_key(batch))
+    """raw/<batch>/_manifest.json as landed, or None when the batch id is free. Producers ask this
+    before writing anything, so an unsafe batch id (UnsafeId) stops them here."""
+    data = store.get_bytes_or_none(layout.raw_manifest_key(check_id(batch, "batch")))
     return None if data is None else json.loads(data)
 
 
@@ -80,7 +83,7 @@ def commit_batch(store, batch: str, manifest: dict, written: list[str]) -> dict:
     not list (orphans of crashed or losing landers) and returns `manifest`. Loser (a concurrent
     lander got there first): removes its own parts the landed manifest does not list, then returns
     the landed manifest if it is the same batch, else raises BatchExists."""
-    key = layout.raw_manifest_key(batch)
+    key = layout.raw_manifest_key(check_id(batch, "batch"))
     body = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
     if store.put_bytes_if_absent(key, body):
         listed = set(manifest_keys(manifest)) | {key}
@@ -126,8 +129,9 @@ def _object_info(store: ObjectStore, key: str, batch: str) -> dict:
 def ingest(settings: Settings, batch: str | None = None, store: ObjectStore | None = None) -> dict:
     """Snapshot raw/<batch>/_manifest.json (+ ETag/size per file) into data/raw_manifest.json.
 
-    Raises BatchNotReady if the manifest (written last by the producer) or a listed file is missing."""
-    batch = batch or settings.params["data"]["batch"]
+    Raises BatchNotReady if the manifest (written last by the producer) or a listed file is missing,
+    UnsafeId if the batch id breaks the safe-id rule."""
+    batch = check_id(batch or settings.params["data"]["batch"], "batch")
     store = store or ObjectStore(settings)
     key = layout.raw_manifest_key(batch)
     try:

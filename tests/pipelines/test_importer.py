@@ -3,6 +3,7 @@ validate (bad rows quarantined with their rule and source row) → features, and
 references of evaluate computed on the features' holdout."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import boto3
@@ -648,3 +649,152 @@ def test_a_holdout_needs_spread_times(tmp_path):
     timed = _mapping(tmp_path, _set("timestamp", "ts"))
     with pytest.raises(importer.MappingError, match="timestamp: holdout_fraction needs exposure times spread"):
         importer.import_file(None, timed, data, holdout_fraction=0.2)
+
+
+# --------------------------------------------------------------------------- bad input (issue 17)
+
+def _hillstrom_text(**replace) -> str:
+    """The Hillstrom mapping's text with `old=new` line fragments replaced (bare YAML scalars)."""
+    text = MAPPING.read_text()
+    for old, new in replace.values():
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    return text
+
+
+def test_unquoted_yes_no_in_a_mapping_stop_the_import_with_a_hint(tmp_path):
+    """A log whose arm column holds Yes / No: before, `control: No` became the text "False" and
+    `Yes:` the arm "True" (their rows quarantined later); now the mapping is refused, key by key."""
+    path = tmp_path / "yesno.yaml"
+    path.write_text(_hillstrom_text(control=("control: No E-Mail", "control: No"),
+                                    arm=("    Mens E-Mail: {", "    Yes: {")))
+    with pytest.raises(importer.MappingError) as exc:
+        importer.load_mapping(path, COLUMNS)
+    assert [k for k, _ in exc.value.problems] == ["treatment.arms.Yes", "treatment.control"]
+    assert str(exc.value).splitlines()[1] == (
+        f'{path}: treatment.control: unquoted No is read by YAML as the boolean false; the mapping has no '
+        'true/false settings: quote it ("No") to mean the text')
+    path.write_text(_hillstrom_text(control=("control: No E-Mail", 'control: "No"'),
+                                    arm=("    Mens E-Mail: {", "    'Yes': {")))
+    m = importer.load_mapping(path, COLUMNS)   # quoted: the text
+    assert m["control"] == "No" and "Yes" in m["arms"]
+
+
+@pytest.mark.parametrize("old, new, key", [
+    ("gender: {fill: U}", "gender: {fill: off}", "users.gender.fill"),
+    ("id: hillstrom_2008", "id: on", "campaign.id"),
+    ("batch: hillstrom", "batch: YES", "batch"),
+    ("categorical: [history_segment, zip_code, channel]", "categorical: [history_segment, no, channel]",
+     "features.categorical[1]"),
+    ("target_category: womens}", "target_category: false}", "treatment.arms.Womens E-Mail.target_category"),
+])
+def test_a_boolean_anywhere_in_a_mapping_is_named_by_its_key(tmp_path, old, new, key):
+    path = tmp_path / "b.yaml"
+    path.write_text(_hillstrom_text(x=(old, new)))
+    with pytest.raises(importer.MappingError) as exc:
+        importer.load_mapping(path, COLUMNS)
+    assert [k for k, _ in exc.value.problems] == [key] and "quote it" in str(exc.value)
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("batch", "../../etc", "not a safe id"), ("batch", ".hidden", "not a safe id"), ("batch", "a b", "not a safe id"),
+    ("batch", "x" * 65, "not a safe id"), ("batch", 2024, "quote it"), ("batch", "2024-01-01", None),
+    ("campaign.id", "a/b", "not a safe id"), ("campaign.id", "..", "not a safe id"), ("campaign.id", 3.5, "quote it"),
+    ("treatment.arms.Mens E-Mail.variant", "../m", "unique id"),
+])
+def test_mapping_ids_follow_the_safe_id_rule(tmp_path, field, value, words):
+    path = _mapping(tmp_path, _set(field, value))
+    if words is None:
+        assert importer.load_mapping(path, COLUMNS)["batch"] == value
+        return
+    with pytest.raises(importer.MappingError) as exc:
+        importer.load_mapping(path, COLUMNS)
+    assert [k for k, _ in exc.value.problems] == [field] and words in str(exc.value)
+
+
+@pytest.mark.parametrize("content, words", [
+    (None, "mapping file not found"), ("dir", "is a directory"), (b"\xff\xfebatch: x\n", "not UTF-8"),
+    (b"- source\n- batch\n", "got a YAML list"), (b"", "got an empty file"), (b"batch: [\n", "not valid YAML"),
+    (b"a: " + b"[" * 50 + b"]" * 50 + b"\n", "nested more than"),
+    (b"batch: !!python/object/apply:os.system ['true']\n", "not valid YAML"),
+])
+def test_an_unreadable_mapping_is_one_problem_naming_the_file(tmp_path, content, words):
+    path = tmp_path / "m.yaml"
+    if content == "dir":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(importer.MappingError) as exc:
+        importer.load_mapping(path, COLUMNS)
+    (line,) = str(exc.value).splitlines()
+    assert line.startswith(f"{path}: ") and words in line, line
+
+
+def _log_bytes(kind: str) -> tuple[str, bytes | None]:
+    df = pd.read_csv(io.StringIO("segment,visit,spend\nNo E-Mail,0,0\nMens E-Mail,1,3.5\n"), dtype=str)
+    text = df.to_csv(index=False)
+    return {
+        "missing": ("log.csv", None), "latin1": ("log.csv", (text + "Mens E-Mail,1,café\n").encode("latin-1")),
+        "extra_every_row": ("log.csv", "segment,visit\nNo E-Mail,0,0\nMens E-Mail,1,3\n".encode()),
+        "extra_one_row": ("log.csv", (text + "Mens E-Mail,1,3,9\n").encode()), "empty": ("log.csv", b""),
+        "header_only": ("log.csv", b"segment,visit,spend\n"), "bad_quote": ("log.csv", (text + '"Mens,1,2\n').encode()),
+        "not_parquet": ("log.parquet", text.encode()),
+    }[kind]
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("missing", "not found"), ("dir", "is a directory"), ("latin1", "not UTF-8 text"),
+    ("extra_every_row", "more fields than the header"), ("extra_one_row", "not a well-formed CSV"),
+    ("empty", "empty (no header row)"), ("header_only", "no data rows"), ("bad_quote", "not a well-formed CSV"),
+    ("not_parquet", "cannot be read as parquet"),
+])
+def test_an_unreadable_data_file_is_one_line_naming_it(tmp_path, kind, words):
+    """Before, these were tracebacks, or (every row one field longer than the header) the first
+    column silently became the index and every value shifted one column."""
+    name, data = _log_bytes(kind) if kind != "dir" else ("log.csv", None)
+    path = tmp_path / name
+    if kind == "dir":
+        path.mkdir()
+    elif data is not None:
+        path.write_bytes(data)
+    mapping = MAPPING
+    if kind == "not_parquet":   # the mapping's source.format decides how the file is read
+        mapping = tmp_path / "pq.yaml"
+        mapping.write_text(MAPPING.read_text().replace("format: csv", "format: parquet"))
+    with pytest.raises(importer.DataFileError) as exc:
+        importer.import_file(None, mapping, path, batch="b")
+    assert "\n" not in str(exc.value) and str(exc.value).startswith(f"data file {path}: ") and words in str(exc.value)
+
+
+def test_parquet_duplicate_or_nested_mapped_columns_are_refused(tmp_path):
+    import pyarrow as pa
+
+    cols = {"segment": ["No E-Mail", "Mens E-Mail"], "visit": [0, 1], "spend": [0.0, 2.0]}
+    dup = tmp_path / "dup.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array(v) for v in cols.values()] + [pa.array([1, 2])],
+                                        names=[*cols, "visit"]), dup)
+    with pytest.raises(importer.DataFileError, match=r"column name\(s\) \['visit'\] appear more than once"):
+        importer.read_source(dup, "parquet")
+    nested = tmp_path / "nested.parquet"
+    pq.write_table(pa.table({**cols, "segment": [["No E-Mail"], ["Mens E-Mail"]]}), nested)
+    df = importer.read_source(nested, "parquet")
+    with pytest.raises(importer.DataFileError, match=r"\['segment'\] hold lists or structs"):
+        importer.check_flat(df, ["segment", "visit"], f"data file {nested}")
+
+
+def test_a_batch_id_from_an_unsafe_file_name_is_refused(tmp_path):
+    data = _write(tmp_path, pd.DataFrame({c: ["1", "0"] for c in COLUMNS} | {"segment": ["No E-Mail"] * 2}),
+                  "my log (copy).csv")
+    path = tmp_path / "m.yaml"
+    path.write_text(MAPPING.read_text().replace("batch: hillstrom\n", ""))
+    assert "batch" not in yaml.safe_load(path.read_text())
+    with pytest.raises(importer.UnsafeId, match=r"its name gives the batch id 'my log \(copy\)'.*pass --batch"):
+        importer.import_file(None, path, data, store=object())
+
+
+def test_starter_quotes_ids_yaml_would_read_as_another_type(tmp_path):
+    """A log named yes.csv: the starter wrote `batch: yes` (a boolean), now `batch: 'yes'`."""
+    data = _write(tmp_path, _new_log(40), "yes.csv")
+    out, _ = import_starter.write_starter(data, tmp_path / "yes.mapping.yaml")
+    m = importer.load_mapping(out, list(_new_log(1).columns))
+    assert m["batch"] == "yes" and m["campaign_id"] == "yes"

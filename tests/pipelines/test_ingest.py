@@ -69,3 +69,39 @@ def test_ingest_manifest_missing_a_table_fails(workspace, store):
     store.put_json(layout.raw_manifest_key("b1"), manifest)
     with pytest.raises(ingest.BatchNotReady, match="exposures"):
         ingest.ingest(workspace, batch="b1", store=store)
+
+
+# --------------------------------------------------------------------------- the safe-id rule
+
+UNSAFE_IDS = ["../../etc", "..", ".", ".hidden", "a/b", "a\\b", "/etc", "", " ", "a b", "-rf", "ü", "a:b", "a\nb",
+              "ok\n", "x" * 65, "raw/../x", None, 7]
+
+
+@pytest.mark.parametrize("batch", UNSAFE_IDS)
+def test_ingest_refuses_an_unsafe_batch_id_before_reading(workspace, store, batch):
+    from campaignops.pipelines.inputs import UnsafeId
+
+    land(store)   # something to find, were the id used as a key
+    with pytest.raises(UnsafeId, match="not a safe id"):
+        if batch:
+            ingest.ingest(workspace, batch=batch, store=store)
+        else:   # ingest reads a missing batch as params data.batch; producers get it as given
+            ingest.landed_manifest(store, batch)
+    assert not (workspace.workspace / layout.RAW_MANIFEST).exists()
+
+
+def test_producers_cannot_land_or_commit_under_an_unsafe_batch_id(store):
+    from campaignops.pipelines.inputs import UnsafeId
+
+    with pytest.raises(UnsafeId):
+        ingest.landed_manifest(store, "../raw/b1")
+    with pytest.raises(UnsafeId):
+        ingest.commit_batch(store, "../../etc", {"batch": "../../etc", "tables": {}}, [])
+    assert store.list_keys("") == []
+
+
+@pytest.mark.parametrize("batch", ["b1", "2026-06-03", "hillstrom_2008", "fold.3-of-5", "A" * 64, "0"])
+def test_safe_ids_pass_unchanged(batch):
+    from campaignops.pipelines.inputs import check_id, is_safe_id
+
+    assert is_safe_id(batch) and check_id(batch, "batch") == batch
