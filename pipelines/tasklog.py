@@ -20,8 +20,11 @@ NOISY = ("mlflow", "tensorflow", "absl", "keras", "h5py", "great_expectations", 
 
 def quiet_libraries(level: int = logging.WARNING) -> None:
     """Library loggers at `level`, through the root logger (Airflow's handler) rather than their own
-    stderr handlers; TensorFlow's C++ logging below ERROR off; no progress bars (they go to stderr)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    stderr handlers; TensorFlow's C++ logging off; no progress bars (they go to stderr). Call it before
+    TensorFlow and MLflow are imported (both read their settings from the environment then)."""
+    # TensorFlow's C++ side writes straight to fd 2 (oneDNN notices, "NodeDef mentions attribute ..."):
+    # only FATAL; real failures still surface as Python exceptions.
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"           # read when mlflow is first imported
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -33,6 +36,64 @@ def quiet_libraries(level: int = logging.WARNING) -> None:
                 logger.removeHandler(handler)
         logger.propagate = True
     log.setLevel(logging.INFO)
+    quiet_tensorflow_import()
+
+
+class _CapturedImport:
+    """Imports `tensorflow` with fd 2 captured: its C++ side prints start-up notices straight to
+    stderr before any log setting applies (absl's "before InitializeLog" line, the oneDNN notice),
+    and Airflow would show each as an ERROR line. The captured lines are logged at DEBUG (``E``
+    lines at WARNING). A meta-path finder wrapping the real loader, so the import stays lazy."""
+
+    MODULES = ("tensorflow",)
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in self.MODULES:
+            return None
+        import importlib.util
+        import sys
+
+        sys.meta_path.remove(self)           # find the real spec once, then step aside for good
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _FdCapturingLoader(spec.loader)
+        return spec
+
+
+class _FdCapturingLoader:
+    def __init__(self, real):
+        self.real = real
+
+    def create_module(self, spec):
+        return self.real.create_module(spec)
+
+    def exec_module(self, module):
+        import sys
+        import tempfile
+
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                self.real.exec_module(module)
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+                tmp.seek(0)
+                for line in tmp.read().decode(errors="replace").splitlines():
+                    if line.strip():
+                        level = logging.WARNING if line.startswith(("E0", "F0", "Traceback")) else logging.DEBUG
+                        logging.getLogger(module.__name__).log(level, "%s", line)
+
+
+def quiet_tensorflow_import() -> None:
+    """Capture TensorFlow's import-time stderr (see _CapturedImport); no-op once it is imported."""
+    import sys
+
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _CapturedImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _CapturedImport())
 
 
 def on_task_start(context=None) -> None:
