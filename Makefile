@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 UV_VERSION := 0.13.9
 
-.PHONY: install java system-packages demo down status test test-unit test-slow test-e2e bench lock clean-state
+.PHONY: install java system-packages demo down status test test-unit test-slow test-soak test-e2e bench lock clean-state
 
 install: java system-packages $(STAMP)
 
@@ -55,14 +55,17 @@ status:
 ## Unit tests, then the end-to-end tests that start their own real stack on free ports.
 test: install
 	$(BIN)/python -m pytest -q -m "not e2e and not slow"
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m "slow and not soak"
 	$(BIN)/python -m pytest -q -m e2e
 
 test-unit: install
 	$(BIN)/python -m pytest -q -m "not e2e and not slow"
 
 test-slow: install
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m "slow and not soak"
+
+test-soak: install
+	$(BIN)/python -m pytest -q -m soak
 
 test-e2e: install
 	$(BIN)/python -m pytest -q -m e2e

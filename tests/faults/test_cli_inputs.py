@@ -626,6 +626,7 @@ def test_imported_bad_rows_are_validated_or_quarantined_with_a_rule(cli_world):
 
 
 @pytest.mark.slow
+@pytest.mark.soak   # 3,000 cases (~10 min): `make test-soak`, not part of `make test`
 def test_cli_fuzz_many_bad_files_imports_validated(cli_world):
     settings, store, tmp = cli_world
     result = fuzz(settings, store, tmp, N_CASES_SLOW, VALIDATE_SLOW)
