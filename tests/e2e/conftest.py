@@ -11,6 +11,17 @@ def small_world(params: dict) -> None:
     params["train"]["epochs"] = 6
     # A small world trains a weak model; this test is about the chain, the gate has unit tests.
     params["evaluate"].update(min_auc=0.5, max_logloss=1.0, min_qini=-1.0, min_policy_value_fraction=-10.0)
+    params["stack"]["start_timeout_s"] = 600     # Airflow's first start (db migrate) on 2 busy cores
+
+
+SHARED_STACK_ORDER = {"test_chain.py": 0, "test_browser.py": 1}
+
+
+def pytest_collection_modifyitems(config, items):
+    """The shared stack's users first, the browser test right after test_chain.py: it reuses the
+    champion test_chain trains instead of training one first (which would make test_chain's retrain
+    a challenger of it). Modules with stacks of their own come after."""
+    items.sort(key=lambda item: SHARED_STACK_ORDER.get(item.fspath.basename, 2))
 
 
 @pytest.fixture(scope="session")
