@@ -289,8 +289,9 @@ def enforce(report: dict) -> dict:
         f"{report.get('batch')!r} shifted against the training snapshot of {ref.get('model_name')} "
         f"v{ref.get('model_version')}: {listed}. Report: {report.get('report_uri') or report.get('report_path')}. "
         "Check the upstream source of these features first; if the shift is real and expected, give the feature "
-        f"its own max_psi (or exempt it, with a why) under params.yaml drift.features, or run again with a drift "
-        f"override reason (the DAG's `drift_override_reason` param; recorded with the run).", report["breaches"])
+        f"its own max_psi (or exempt it, with a why) under params.yaml drift.features; to go on with this batch "
+        f"once, run again with a drift override reason (the DAG's `drift_override_reason` param; recorded with "
+        f"the run), or set drift.on_breach.{report['stage']}: warn for every run.", report["breaches"])
 
 
 def champion_reference(settings, stage: str) -> tuple:

@@ -129,13 +129,15 @@ def test_chain_registers_a_champion_and_scores_every_user(chain_env):
     settings.params["score"]["value_per_response"] = 30.0
 
     # Re-evaluating the same candidate reuses the verdict logged to its run (nothing re-logged);
-    # promote then finds it already champion; a retrain promotes v2; rollback brings v1 back.
+    # a repeated promote returns the recorded event (no new version); a retrain promotes v2; rollback brings v1 back.
     client = mlflow.MlflowClient()
     logged = [f.path for f in client.list_artifacts(ev["run_id"], "evaluation")]
     again = evaluate.run(settings)
     assert again["reused"] and again["passed"] and again["champion_version"] == ev["champion_version"]
     assert [f.path for f in client.list_artifacts(ev["run_id"], "evaluation")] == logged
-    assert promote.run(settings, store=store)["promoted"] is False
+    first_champion = client.get_model_version_by_alias(settings.params["train"]["model_name"], "champion").version
+    repeat = promote.run(settings, store=store)     # a retried promote answers with the recorded event
+    assert str(repeat["champion_version"]) == str(first_champion)
     name = settings.params["train"]["model_name"]
     assert len(client.search_model_versions(f"name='{name}'")) == 1
     # The retrain serves the family the gate chose: with evaluate.family.serve pinning the GBT

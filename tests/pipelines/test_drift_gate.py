@@ -237,3 +237,14 @@ def test_cli_exits_nonzero_on_a_blocking_breach(monkeypatch):
     result = CliRunner().invoke(cli.app, ["drift", "--stage", "train"])
     assert result.exit_code == 1 and "log_avg_price" in result.output
     assert CliRunner().invoke(cli.app, ["drift", "--stage", "serve"]).exit_code == 2
+
+
+def test_an_override_reason_lets_one_blocked_run_through_and_is_recorded(worlds):
+    w, store = worlds
+    p = w["prices"]
+    report = drift.gate_scoring(p, store=store, override={"reason": "new price list from 1 Dec", "by": "eve"})
+    assert report["status"] == "overridden" and "log_avg_price" in report["breaches"]
+    assert _report(p, "score")["override"] == {"reason": "new price list from 1 Dec", "by": "eve"}
+    assert drift.summary(report)["override"]["by"] == "eve"
+    with pytest.raises(drift.DriftDetected):      # an empty reason is no override
+        drift.gate_scoring(p, store=store, override={"reason": "  ", "by": "eve"})
