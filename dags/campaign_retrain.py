@@ -125,7 +125,7 @@ def campaign_retrain():
         try:
             return summary(gate_training(load_settings(), override=override))
         except DriftDetected as exc:
-            run_notes.set_note(load_settings(), "campaign_retrain", getattr(dag_run, "run_id", None),
+            run_notes.note(load_settings(), "campaign_retrain", getattr(dag_run, "run_id", None), lambda:
                                run_notes.blocked_note("training", str(exc), "drift_override_reason"))
             raise AirflowSkipException(f"drift gate: {exc}") from None
 
@@ -171,7 +171,7 @@ def campaign_retrain():
         context = {"dag_id": "campaign_retrain", "dag_run_id": dag_run.run_id if dag_run else None}
         settings = load_settings()
         out = retrain_day.write_record(settings, planned, evaluation, promotion, context)
-        run_notes.set_note(settings, "campaign_retrain", context["dag_run_id"],
+        run_notes.note(settings, "campaign_retrain", context["dag_run_id"], lambda:
                            run_notes.retrain_note(settings, planned["batch"], evaluation, promotion))
         return {k: out[k] for k in ("batch", "promoted", "version", "champion_after")}
 

@@ -82,7 +82,7 @@ def campaign_score():
                                       _exploration(params))
         except score_request.RequestError as exc:
             raise AirflowFailException(f"score refused: {exc}") from None
-        run_notes.set_note(load_settings(), "campaign_score", getattr(dag_run, "run_id", None),
+        run_notes.note(load_settings(), "campaign_score", getattr(dag_run, "run_id", None), lambda:
                            run_notes.request_note(req.campaign_id, req.budget, params.get("engine"),
                                                   (params.get("drift_override_reason") or "").strip() or None))
         return {"campaign_id": req.campaign_id, "budget": req.budget, "validated_batch": req.validation["batch"]}
@@ -107,13 +107,13 @@ def campaign_score():
                                  replay=bool(params.get("replay")),
                                  context={"dag_id": "campaign_score", "dag_run_id": run_id}, drift_override=override)
         except DriftDetected as exc:   # an outcome, not a crash: skipped, the reason in the run's note
-            run_notes.set_note(settings, "campaign_score", run_id,
+            run_notes.note(settings, "campaign_score", run_id, lambda:
                                run_notes.blocked_note(request["campaign_id"], str(exc), "drift_override_reason"))
             raise AirflowSkipException(f"blocked by the drift gate: {exc}") from None
         except score.RequestError as exc:     # retrying would not help
             raise AirflowFailException(f"score refused: {exc}") from None
         out = score.summary(manifest)
-        run_notes.set_note(settings, "campaign_score", run_id, run_notes.score_note(settings, out, manifest.get("model")))
+        run_notes.note(settings, "campaign_score", run_id, lambda: run_notes.score_note(settings, out, manifest.get("model")))
         return out
 
     score(check_request())

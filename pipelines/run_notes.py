@@ -29,6 +29,16 @@ def set_note(settings: Settings, dag_id: str | None, run_id: str | None, text: s
         return False
 
 
+def note(settings: Settings, dag_id: str | None, run_id: str | None, build) -> bool:
+    """set_note with the text from `build()`; a failure to build it is logged, never raised."""
+    try:
+        text = build()
+    except Exception as exc:   # noqa: BLE001 - a note must never fail the task
+        log.warning("run note not built: %s: %s", type(exc).__name__, str(exc)[:200])
+        return False
+    return set_note(settings, dag_id, run_id, text)
+
+
 def _mlflow_ui(settings: Settings) -> str | None:
     uri = settings.mlflow_uri
     return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
@@ -58,11 +68,24 @@ def request_note(campaign_id: str, budget: float, engine: str | None, override: 
     return text + (f" · drift override: {override}" if override else "")
 
 
+def _num(value) -> float:
+    """A figure from a summary field: a number, or a forecast's {"forecast", "lo", "hi"} (its forecast)."""
+    if isinstance(value, dict):
+        value = value.get("forecast", value.get("value"))
+    try:
+        return float(value or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def score_note(settings: Settings, summary: dict, manifest_model: dict | None = None) -> str:
     """After scoring: who was targeted, spend, forecast, and where everything is."""
-    parts = [f"**{summary['campaign_id']}** · {summary.get('status')} · {int(summary.get('users_targeted') or 0):,} "
-             f"users · spent {float(summary.get('spent') or 0):,.2f} of {float(summary.get('budget') or 0):,.2f} · "
-             f"forecast +{float(summary.get('forecast_incremental_responses') or 0):,.1f} responses"]
+    fc = summary.get("forecast_incremental_responses")
+    interval = (f" ({_num(fc.get('lo')):,.1f} to {_num(fc.get('hi')):,.1f})"
+                if isinstance(fc, dict) and "lo" in fc and "hi" in fc else "")
+    parts = [f"**{summary['campaign_id']}** · {summary.get('status')} · {int(_num(summary.get('users_targeted'))):,} "
+             f"users · spent {_num(summary.get('spent')):,.2f} of {_num(summary.get('budget')):,.2f} · "
+             f"forecast +{_num(fc):,.1f} responses{interval}"]
     model = summary.get("model") or ""
     name, _, version = model.removeprefix("models:/").partition("/")
     link = model_version_link(settings, name, version) if version else None

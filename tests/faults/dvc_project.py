@@ -83,7 +83,9 @@ def start_project(tmp: Path, params_update=None):
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-           "CAMPAIGNOPS_S3_ENDPOINT": endpoint, "CAMPAIGNOPS_ID_SALT": "faults-test-salt", "DVC_NO_ANALYTICS": "1"}
+           "CAMPAIGNOPS_S3_ENDPOINT": endpoint, "CAMPAIGNOPS_ID_SALT": "faults-test-salt", "DVC_NO_ANALYTICS": "1",
+           # moto keeps every server's buckets in one in-process backend: a bucket of its own per project
+           "CAMPAIGNOPS_BUCKET": f"campaignops-{port}"}
     repo = tmp / "repo"
     copy_project(repo, params_update)
     settings = Settings(workspace=repo, state_dir=tmp / "state", env=env)
