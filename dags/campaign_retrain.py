@@ -58,7 +58,7 @@ TRAIN_DOC = ("DVC stage train: fit the network and baselines, log the MLflow run
                   "execution_timeout": timedelta(minutes=60)},
     params={"batch": Param(None, type=["null", "string"], title="Raw batch",
                            description="raw batch id to train on; empty = the run's logical date (YYYY-MM-DD)"),
-            "drift_override_reason": Param("", type="string", maxLength=500, title="Drift override reason",
+            "drift_override_reason": Param(None, type=["null", "string"], maxLength=500, title="Drift override reason",
                                            description="only when the drift gate blocked this batch: why training on "
                                                        "it anyway is right (recorded in the drift report with your user "
                                                        "name)")},

@@ -63,7 +63,7 @@ SCORE = SETTINGS.params["score"]
                                                 "(recorded in the manifest)"),
         "replay": Param(False, type="boolean", title="Replay an ended campaign",
                         description="re-score a past campaign for analysis (latest.json is not moved)"),
-        "drift_override_reason": Param("", type="string", maxLength=500, title="Drift override reason",
+        "drift_override_reason": Param(None, type=["null", "string"], maxLength=500, title="Drift override reason",
                                        description="only when the drift gate blocked this campaign: why scoring "
                                                    "anyway is right (recorded in the manifest with your user name)"),
     },
