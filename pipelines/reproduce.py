@@ -37,9 +37,9 @@ import yaml
 
 from campaignops.config import Settings
 from campaignops.pipelines import layout, versioning
+from campaignops.pipelines.lineage import DVC_LOCK_ARTIFACT   # what train logs with each run
 
 MATCHED, MISMATCH, MISSING = "matched", "mismatch", "missing"
-DVC_LOCK_ARTIFACT = "lineage/dvc.lock"     # what train logs (pipelines/train.py)
 STAGE = "features"
 SHIM = """#!{python}
 import sys
