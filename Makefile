@@ -54,21 +54,21 @@ status:
 
 ## Unit tests, then the end-to-end tests that start their own real stack on free ports.
 test: install
-	$(BIN)/python -m pytest -q -m "not e2e and not slow"
-	$(BIN)/python -m pytest -q -m "slow and not soak"
-	$(BIN)/python -m pytest -q -m e2e
+	$(BIN)/python -m pytest -q --durations=15 -m "not e2e and not slow"
+	$(BIN)/python -m pytest -q --durations=10 -m "slow and not soak"
+	$(BIN)/python -m pytest -q --durations=20 -m e2e
 
 test-unit: install
-	$(BIN)/python -m pytest -q -m "not e2e and not slow"
+	$(BIN)/python -m pytest -q --durations=15 -m "not e2e and not slow"
 
 test-slow: install
-	$(BIN)/python -m pytest -q -m "slow and not soak"
+	$(BIN)/python -m pytest -q --durations=10 -m "slow and not soak"
 
 test-soak: install
 	$(BIN)/python -m pytest -q -m soak
 
 test-e2e: install
-	$(BIN)/python -m pytest -q -m e2e
+	$(BIN)/python -m pytest -q --durations=20 -m e2e
 
 bench: install
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done

@@ -41,7 +41,9 @@ def retrain_day(client, settings, store, day: str) -> str:
     assets.announce_batch(settings, day, store.uri(f"raw/{day}/_manifest.json"))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        new = [r for r in client.runs("campaign_retrain") if r["dag_run_id"] not in seen]
+        # the run the announcement started (a scheduled run Airflow may create meanwhile is not ours)
+        new = [r for r in client.runs("campaign_retrain")
+               if r["dag_run_id"] not in seen and r.get("run_type") == "asset_triggered"]
         if new:
             state = wait_run(client, "campaign_retrain", new[0]["dag_run_id"], timeout=3600)
             console.print(f"  campaign_retrain {new[0]['dag_run_id']}: {state}")

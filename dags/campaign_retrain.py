@@ -11,7 +11,9 @@ schedule (03:00 UTC); a date range from the backfill dialog (or `POST /api/v2/ba
 dates in order, one at a time, each gated.
 
 **plan** (which batch; a day already done stops here and every task is skipped: rerunning a date
-changes nothing; a batch that has not landed fails with that reason) → **ingest** → **validate**
+changes nothing; a batch that has not landed fails with that reason — except on the daily
+scheduled run, which then skips with a WAITING note: the asset event starts a run when it lands)
+→ **ingest** → **validate**
 (GX contracts, quarantine) → **features** → **drift_check** → **train** (DVC stages, outputs pushed
 to S3) → **evaluate** (candidate vs champion on the same holdout; a rerun reuses the verdict
 logged to the candidate's run) → **promote** (skipped, with the gate's reasons, when the gate
@@ -65,18 +67,24 @@ TRAIN_DOC = ("DVC stage train: fit the network and baselines, log the MLflow run
 )
 def campaign_retrain():
     @task.short_circuit(execution_timeout=timedelta(minutes=10),
-                        doc_md="Which batch; skips the run when the day is done, fails when the batch has not landed.")
-    def plan(params=None, logical_date=None, triggering_asset_events=None):
+                        doc_md="Which batch; skips the run when the day is done, fails when the batch has not landed (a "
+                               "scheduled run skips instead, noted WAITING: the asset event will start one).")
+    def plan(params=None, logical_date=None, triggering_asset_events=None, dag_run=None):
         from airflow.sdk.exceptions import AirflowFailException
 
-        from campaignops.pipelines import retrain_day
+        from campaignops.pipelines import retrain_day, run_notes
         from campaignops.pipelines.ingest import BatchNotReady
 
         batch = retrain_day.batch_for(params.get("batch"), logical_date, triggering_asset_events)
         try:
             planned = retrain_day.plan(load_settings(), batch)
         except BatchNotReady as exc:
-            raise AirflowFailException(str(exc)) from None
+            if not retrain_day.waits_for_batch(getattr(dag_run, "run_type", None), params.get("batch")):
+                raise AirflowFailException(str(exc)) from None
+            message = retrain_day.waiting_message(batch, str(exc))
+            print(message)
+            run_notes.note(load_settings(), "campaign_retrain", getattr(dag_run, "run_id", None), lambda: message)
+            return False
         if planned["done"]:
             done = planned["done"]
             print(f"day {batch} is already done (run {done.get('run_id')}, gate passed={done['gate']['passed']}, "

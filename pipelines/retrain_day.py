@@ -67,6 +67,23 @@ def plan(settings: Settings, batch: str, store=None) -> dict:
             "superseded": record is not None and done is None}
 
 
+def waits_for_batch(run_type: str | None, explicit_batch: str | None) -> bool:
+    """Whether a run whose batch has not landed should wait (skip, the day stays open) rather than fail.
+
+    The daily 03:00 run is a sweep behind the raw-batch asset trigger: when the day's batch has not
+    landed, the asset event will start the run when it does, so the scheduled run ends as skipped with
+    that reason (Airflow also creates the latest cron run right after a backfill or a first
+    scheduled run — catchup=False means "the latest interval" — and that run must not look like a
+    failure). A run somebody asked for (manual, with a `batch`, or triggered by the asset event
+    itself) fails: what they asked for is not there."""
+    return str(getattr(run_type, "value", run_type) or "").lower() == "scheduled" and not explicit_batch
+
+
+def waiting_message(batch: str, reason: str) -> str:
+    return (f"WAITING for raw batch {batch}: {reason.split('; ')[0]}. The raw-batch asset event starts a "
+            "run when it lands; nothing was trained.")
+
+
 def read_record(store, batch: str) -> dict | None:
     import json
 

@@ -100,6 +100,19 @@ def small_world(params: dict) -> None:
     params["stack"]["start_timeout_s"] = 600     # Airflow's first start (db migrate) on 2 busy cores
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _mlflow_uris_restored():
+    """MLflow keeps `set_tracking_uri`/`set_registry_uri` in module globals that outlive a test module's
+    environment: a module that pointed them at its own (since stopped) server made the next module's
+    chain log to that server. Each module gets back the globals it started with."""
+    from mlflow.tracking._model_registry import utils as registry
+    from mlflow.tracking._tracking_service import utils as tracking
+
+    saved = tracking._tracking_uri, registry._registry_uri
+    yield
+    tracking._tracking_uri, registry._registry_uri = saved
+
+
 SHARED_STACK_ORDER = {"test_chain.py": 0, "test_browser.py": 1}
 
 

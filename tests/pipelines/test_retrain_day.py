@@ -28,6 +28,18 @@ def test_a_date_that_has_not_landed_fails_with_that_reason(workspace, store):
         retrain_day.plan(workspace, "2026-06-09", store=store)
 
 
+def test_only_the_scheduled_sweep_waits_for_a_missing_batch():
+    from airflow.utils.types import DagRunType
+
+    assert retrain_day.waits_for_batch(DagRunType.SCHEDULED, None)
+    assert retrain_day.waits_for_batch("scheduled", "")
+    for run_type in (DagRunType.MANUAL, DagRunType.ASSET_TRIGGERED, DagRunType.BACKFILL_JOB, None):
+        assert not retrain_day.waits_for_batch(run_type, None)
+    assert not retrain_day.waits_for_batch(DagRunType.SCHEDULED, "2026-06-09")   # somebody asked for it
+    text = retrain_day.waiting_message("2026-06-09", "raw batch '2026-06-09' has not landed: no s3://b/raw/x; more")
+    assert text.startswith("WAITING for raw batch 2026-06-09: raw batch '2026-06-09' has not landed: no s3://b/raw/x.")
+
+
 def test_a_finished_day_is_done_until_its_batch_is_relanded(workspace, store):
     store.put_json(layout.raw_manifest_key("2026-06-02"), {"batch": "2026-06-02"})
     planned = retrain_day.plan(workspace, "2026-06-02", store=store)
