@@ -33,8 +33,12 @@ def wait_run(client, dag_id: str, run_id: str, timeout: float) -> str:
         return f"failed: {', '.join(exc.failed_tasks) or exc.state}"
 
 
-def retrain_day(client, settings, store, day: str) -> str:
-    """Announce the landed batch and wait for the retrain run Airflow starts for it."""
+DAGS = ("campaign_retrain", "campaign_score", "campaign_feedback")
+
+
+def retrain_day(client, settings, store, day: str, mine: set | None = None) -> str:
+    """Announce the landed batch and wait for the retrain run Airflow starts for it (its id is added
+    to `mine`)."""
     from campaignops.pipelines import assets
 
     seen = {r["dag_run_id"] for r in client.runs("campaign_retrain")}
@@ -45,6 +49,8 @@ def retrain_day(client, settings, store, day: str) -> str:
         new = [r for r in client.runs("campaign_retrain")
                if r["dag_run_id"] not in seen and r.get("run_type") == "asset_triggered"]
         if new:
+            if mine is not None:
+                mine.add(new[0]["dag_run_id"])
             state = wait_run(client, "campaign_retrain", new[0]["dag_run_id"], timeout=3600)
             console.print(f"  campaign_retrain {new[0]['dag_run_id']}: {state}")
             return state
@@ -61,8 +67,11 @@ def main() -> None:
     settings = load_settings()
     store = ObjectStore(settings)
     client = AirflowClient.from_settings(settings)
-    for dag_id in ("campaign_retrain", "campaign_score", "campaign_feedback"):
+    for dag_id in DAGS:
         client.wait_for_dag(dag_id, timeout=300)
+    before = {r["dag_run_id"] for dag_id in DAGS for r in client.runs(dag_id)}
+    mine: set[str] = set()
+    for dag_id in DAGS:
         client.unpause(dag_id)
 
     start = date.fromisoformat(str(settings.params["data"]["sim"]["start_date"]))
@@ -78,7 +87,7 @@ def main() -> None:
         else:
             manifest = store.get_json(layout.raw_manifest_key(day))
             console.print(f"  raw/{day}/ already landed: not generated again")
-        if not retrain_day(client, settings, store, day).startswith("success"):
+        if not retrain_day(client, settings, store, day, mine).startswith("success"):
             console.print("[red]  retraining failed: the loop stops here (see the Airflow run's log)[/]")
             break
         record = days_mod.read_record(store, day) or {}
@@ -86,12 +95,14 @@ def main() -> None:
         console.print(f"  gate {gate}; champion v{record.get('champion_after')}")
         for campaign in scored:
             run_id = client.trigger("campaign_feedback", {"campaign_id": campaign})
+            mine.add(run_id)
             state = wait_run(client, "campaign_feedback", run_id, timeout=900)
             flag = "[bold yellow]actual outside the forecast interval[/]" if "check_forecast" in state else state
             console.print(f"  campaign_feedback {campaign}: {flag}")
         scored = []
         campaign = manifest["upcoming_campaign_id"]
         run_id = client.trigger("campaign_score", {"campaign_id": campaign})
+        mine.add(run_id)
         console.print(f"  campaign_score {campaign}: {wait_run(client, 'campaign_score', run_id, timeout=1800)}")
         scored.append(campaign)
         console.print(f"  day took {time.perf_counter() - t_day:.0f} s")
@@ -105,10 +116,28 @@ def main() -> None:
     page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text(history.to_html(days))
     console.print(f"history page: {page}")
+    report_other_runs(client, before, mine)
     console.print(f"Airflow:  {settings.airflow_url}  (user {settings.airflow_user}, password in {settings.env_file})")
     console.print(f"MLflow:   {settings.mlflow_uri}  (user {settings.env.get('MLFLOW_TRACKING_USERNAME', '-')}, password in {settings.env_file})")
     console.print(f"S3:       {settings.s3_endpoint}  (keys in {settings.env_file})")
     console.print(f"wall time: {time.perf_counter() - t0:.0f} s.  Stop the stack with `make down`.")
+
+
+def other_runs(client, before: set[str], mine: set[str]) -> list[dict]:
+    """Runs of the demo's DAGs that appeared while it ran and that it did not start or follow."""
+    return [{**r, "dag_id": dag_id} for dag_id in DAGS for r in client.runs(dag_id)
+            if r["dag_run_id"] not in before and r["dag_run_id"] not in mine]
+
+
+def report_other_runs(client, before: set[str], mine: set[str]) -> None:
+    others = other_runs(client, before, mine)
+    if not others:
+        console.print(f"Airflow runs: the {len(mine)} the demo started or followed, no others")
+        return
+    console.print(f"[yellow]Airflow also ran {len(others)} run(s) the demo did not start:[/]")
+    for r in others:
+        console.print(f"  {r['dag_id']} {r['dag_run_id']} ({r.get('run_type')}): {r.get('state')}"
+                      f" {(r.get('note') or '').splitlines()[0] if r.get('note') else ''}")
 
 
 if __name__ == "__main__":
