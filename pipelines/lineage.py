@@ -50,7 +50,7 @@ from urllib.parse import quote
 import yaml
 
 from campaignops.config import Settings
-from campaignops.pipelines import layout
+from campaignops.pipelines import layout, tracking
 
 VERIFIED, MISMATCH, MISSING, UNVERIFIABLE = "verified", "mismatch", "missing", "unverifiable"
 SEVERITY = {VERIFIED: 0, UNVERIFIABLE: 1, MISSING: 2, MISMATCH: 3}
@@ -116,8 +116,7 @@ class _Tracer:
         self.budget = int(max_bytes)
         self.hops: list[Hop] = []
         self._tmp = tempfile.TemporaryDirectory(prefix="lineage-")
-        mlflow_uri = settings.mlflow_uri.rstrip("/")
-        self.mlflow_ui = mlflow_uri if mlflow_uri.startswith(("http://", "https://")) else None
+        self.mlflow_ui = tracking.ui_url(settings)
         self.model_name = settings.params["train"]["model_name"]
 
     # ---- helpers
@@ -150,12 +149,10 @@ class _Tracer:
             return None
 
     def run_link(self, run) -> str | None:
-        if self.mlflow_ui is None or run is None:
-            return None
-        return f"{self.mlflow_ui}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+        return None if run is None else tracking.run_url(self.mlflow_ui, run.info.experiment_id, run.info.run_id)
 
     def version_link(self, name: str, version: str) -> str | None:
-        return None if self.mlflow_ui is None else f"{self.mlflow_ui}/#/models/{quote(name)}/versions/{version}"
+        return tracking.version_url(self.mlflow_ui, name, version)
 
     def artifact(self, run_id: str, path: str) -> bytes | None:
         try:
@@ -539,8 +536,6 @@ def trace(settings: Settings, ref: str, store=None, mlflow_client=None, max_byte
 
     store = store or ObjectStore(settings)
     if mlflow_client is None:
-        from campaignops.pipelines import tracking
-
         mlflow_client = tracking.configure(settings).MlflowClient()
     t = _Tracer(settings, store, mlflow_client, max_bytes)
     try:

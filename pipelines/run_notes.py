@@ -39,28 +39,24 @@ def note(settings: Settings, dag_id: str | None, run_id: str | None, build) -> b
     return set_note(settings, dag_id, run_id, text)
 
 
-def _mlflow_ui(settings: Settings) -> str | None:
-    uri = settings.mlflow_uri
-    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
-
-
 def mlflow_run_link(settings: Settings, run_id: str | None, experiment_id: str | None = None) -> str | None:
-    ui = _mlflow_ui(settings)
+    from campaignops.pipelines import tracking
+
+    ui = tracking.ui_url(settings)
     if not ui or not run_id:
         return None
     if experiment_id is None:
         try:
-            from campaignops.pipelines import tracking
-
             experiment_id = tracking.configure(settings).MlflowClient().get_run(run_id).info.experiment_id
         except Exception:   # noqa: BLE001
             return None
-    return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}"
+    return tracking.run_url(ui, experiment_id, run_id)
 
 
 def model_version_link(settings: Settings, name: str, version) -> str | None:
-    ui = _mlflow_ui(settings)
-    return f"{ui}/#/models/{quote(name)}/versions/{version}" if ui and version is not None else None
+    from campaignops.pipelines import tracking
+
+    return tracking.version_url(tracking.ui_url(settings), name, version)
 
 
 def request_note(campaign_id: str, budget: float, engine: str | None, override: str | None = None) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from importlib.metadata import version
 
+from urllib.parse import quote
+
 from campaignops.config import Settings, apply_env
 
 EXPERIMENT = "campaignops"
@@ -13,6 +15,20 @@ EXPERIMENT = "campaignops"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 MODEL_REQUIREMENTS = ("tensorflow-cpu", "keras", "mlflow", "numpy", "pandas", "pyarrow")
+
+
+def ui_url(settings: Settings) -> str | None:
+    """The MLflow UI's base URL (None when tracking is not a server, e.g. a sqlite file)."""
+    uri = settings.mlflow_uri.rstrip("/")
+    return uri if uri.startswith(("http://", "https://")) else None
+
+
+def run_url(ui: str | None, experiment_id, run_id: str | None) -> str | None:
+    return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}" if ui and run_id else None
+
+
+def version_url(ui: str | None, name: str, version) -> str | None:
+    return f"{ui}/#/models/{quote(name)}/versions/{version}" if ui and version is not None else None
 
 
 def configure(settings: Settings):
