@@ -54,7 +54,9 @@ def run(settings: Settings, campaign_id: str, date=None, store: ObjectStore | No
     day, a new version from the landed outcomes on a later day; returns the committed manifest with
     its status (or a status alone when nothing is written: waiting for outcomes, ended)."""
     from campaignops.pipelines.feedback import FeedbackError, scores_manifest
+    from campaignops.pipelines.inputs import check_id
 
+    check_id(campaign_id, "campaign_id")       # ids from forms become S3 prefixes
     params = adjust_params(settings)
     store = store or ObjectStore(settings)
     today = as_of(settings, date)

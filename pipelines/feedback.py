@@ -89,6 +89,11 @@ def run(settings: Settings, campaign_id: str, scores_run_id: str | None = None, 
     """Forecast vs actual of scores run `scores_run_id` of `campaign_id` (None: the run latest.json
     names, i.e. the one acted on); returns the report (+ mlflow_run_id, reused). `exposures`:
     outcome rows to use instead of the workspace's data/validated/exposures.parquet."""
+    from campaignops.pipelines.inputs import check_id
+
+    check_id(campaign_id, "campaign_id")       # ids from forms become S3 prefixes
+    if scores_run_id is not None:
+        check_id(scores_run_id, "scores_run_id")
     params = settings.params.get("feedback") or {}
     store = store or ObjectStore(settings)
     manifest = scores_manifest(store, campaign_id, scores_run_id)

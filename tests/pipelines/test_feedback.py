@@ -436,3 +436,22 @@ def test_cli_exit_codes(monkeypatch, workspace, outcome, code):
         assert "incremental_responses" in result.output and "total" in result.output
     if code == 3:
         assert "outside the forecast" in result.output
+
+
+@pytest.mark.parametrize("bad", ["../C001", "C001/../../x", "", "C 1", "x" * 200])
+def test_ids_from_forms_are_refused_before_any_s3_key_is_built(workspace, bad):
+    """campaign_feedback / campaign_adjust take campaign ids from Airflow forms; they become S3
+    prefixes, so anything outside the safe-id rule stops at the door, naming the field."""
+    from campaignops.pipelines import adjust
+    from campaignops.pipelines.inputs import UnsafeId
+
+    class NoStore:                          # touching S3 at all would be a failure of the check
+        def __getattr__(self, name):
+            raise AssertionError(f"store.{name} used before the id was checked")
+
+    with pytest.raises(UnsafeId, match="campaign_id"):
+        feedback.run(workspace, bad, store=NoStore())
+    with pytest.raises(UnsafeId, match="scores_run_id"):
+        feedback.run(workspace, "C001", scores_run_id=bad or "..", store=NoStore())
+    with pytest.raises(UnsafeId, match="campaign_id"):
+        adjust.run(workspace, bad, store=NoStore())
