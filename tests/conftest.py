@@ -1,6 +1,7 @@
 """Shared fixtures: a workspace in a temp dir with the project's params.yaml."""
 from __future__ import annotations
 
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -101,16 +102,21 @@ def small_world(params: dict) -> None:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _mlflow_uris_restored():
-    """MLflow keeps `set_tracking_uri`/`set_registry_uri` in module globals that outlive a test module's
-    environment: a module that pointed them at its own (since stopped) server made the next module's
-    chain log to that server. Each module gets back the globals it started with."""
+def _process_state_restored():
+    """Each test module gets back the process state it started with: os.environ (the code's
+    `config.apply_env` exports endpoints with setdefault, and monkeypatch restores only the keys it
+    set: a module's S3 endpoint outlived it and sent the next module's in-process S3 (moto) to a
+    stopped server) and MLflow's `set_tracking_uri`/`set_registry_uri` globals (same story for
+    the tracking server). Session fixtures (the shared stack) are set up before this one."""
     from mlflow.tracking._model_registry import utils as registry
     from mlflow.tracking._tracking_service import utils as tracking
 
-    saved = tracking._tracking_uri, registry._registry_uri
+    saved_env, saved_uris = dict(os.environ), (tracking._tracking_uri, registry._registry_uri)
     yield
-    tracking._tracking_uri, registry._registry_uri = saved
+    if dict(os.environ) != saved_env:
+        os.environ.clear()
+        os.environ.update(saved_env)
+    tracking._tracking_uri, registry._registry_uri = saved_uris
 
 
 SHARED_STACK_ORDER = {"test_chain.py": 0, "test_browser.py": 1}
