@@ -81,6 +81,8 @@ def campaign_score():
                                       bool(params.get("use_last_validated")), bool(params.get("replay")),
                                       _exploration(params))
         except score_request.RequestError as exc:
+            run_notes.note(load_settings(), "campaign_score", getattr(dag_run, "run_id", None), lambda:
+                               run_notes.refused_note(str(params.get("campaign_id") or "no campaign"), str(exc)))
             raise AirflowFailException(f"score refused: {exc}") from None
         run_notes.note(load_settings(), "campaign_score", getattr(dag_run, "run_id", None), lambda:
                            run_notes.request_note(req.campaign_id, req.budget, params.get("engine"),
@@ -111,6 +113,8 @@ def campaign_score():
                                run_notes.blocked_note(request["campaign_id"], str(exc), "drift_override_reason"))
             raise AirflowSkipException(f"blocked by the drift gate: {exc}") from None
         except score.RequestError as exc:     # retrying would not help
+            run_notes.note(settings, "campaign_score", run_id, lambda:
+                               run_notes.refused_note(request["campaign_id"], str(exc)))
             raise AirflowFailException(f"score refused: {exc}") from None
         out = score.summary(manifest)
         run_notes.note(settings, "campaign_score", run_id, lambda: run_notes.score_note(settings, out, manifest.get("model")))

@@ -100,6 +100,11 @@ def blocked_note(what: str, message: str, param: str) -> str:
             f"`{param}` (the reason is recorded with your user name).")
 
 
+def refused_note(what: str, message: str) -> str:
+    """A request the pipeline refused (bad budget, unknown campaign, ...): the reason, first."""
+    return f"**REFUSED** ({what}): {message[:600]}"
+
+
 def retrain_note(settings: Settings, batch: str, evaluation: dict | None, promotion: dict | None) -> str:
     """After retraining: the gate's verdict, the champion, links to the MLflow run and the report."""
     ev = evaluation or {}

@@ -26,3 +26,9 @@ def test_set_note_without_airflow_is_false_not_an_error(workspace, monkeypatch):
     monkeypatch.setenv("CAMPAIGNOPS_AIRFLOW_URL", "http://127.0.0.1:9")   # nothing listens there
     assert run_notes.set_note(workspace, "campaign_score", "manual__1", "x") is False
     assert run_notes.set_note(workspace, None, None, "x") is False
+
+
+def test_refused_note_leads_with_the_reason():
+    text = run_notes.refused_note("C999", "unknown campaign 'C999'; valid ids: " + ", ".join(f"C{i:03d}" for i in range(300)))
+    assert text.startswith("**REFUSED** (C999): unknown campaign 'C999'; valid ids: C000")
+    assert len(text) < 650
