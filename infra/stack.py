@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from campaignops.config import Settings, _read_env_file
-from campaignops.infra import distributed, processes
+from campaignops.infra import distributed, processes, seaweed_tls
 
 log = logging.getLogger("campaignops.stack")
 
@@ -246,6 +246,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+GRPC_PORTS_FILE = "grpc_ports.json"   # in state/s3/: the gRPC ports the running weed was given
+
+
 def _grpc_port(settings: Settings, name: str) -> int:
     """gRPC port of a SeaweedFS component: CAMPAIGNOPS_<NAME>_GRPC_PORT, else weed's own default
     (http port + 10000) when valid and free, else any free port (internal to the weed process)."""
@@ -299,13 +302,19 @@ def _s3_spec(settings: Settings) -> tuple[list[str], dict[str, str], Path]:
     _write_private(conf_dir / "s3.json", json.dumps(s3_config, indent=2) + "\n")
     # weed reads ./security.toml first: JWT-sign volume and filer access so the filer/volume HTTP
     # ports are not an unauthenticated side door around the S3 credentials.
+    # Every gRPC port (master, volume, filer, S3 gateway) mutual TLS with the stack's own CA:
+    # without it any local process could call e.g. CollectionDelete. infra/seaweed_tls.py.
+    tls = seaweed_tls.ensure(_private_dir(conf_dir / "tls"), _write_private)
     _write_private(conf_dir / "security.toml", (
         f'[jwt.signing]\nkey = "{server["SEAWEED_JWT_SIGNING_KEY"]}"\n'
         f'[jwt.signing.read]\nkey = "{server["SEAWEED_JWT_SIGNING_READ_KEY"]}"\n'
         f'[jwt.filer_signing]\nkey = "{server["SEAWEED_JWT_FILER_KEY"]}"\n'
         f'[jwt.filer_signing.read]\nkey = "{server["SEAWEED_JWT_FILER_READ_KEY"]}"\n'
+        + seaweed_tls.security_toml(tls)
     ))
     ip = settings.host
+    grpc_ports = {name: _grpc_port(settings, name) for name in ("weed_master", "weed_volume", "weed_filer", "s3")}
+    _write_private(conf_dir / GRPC_PORTS_FILE, json.dumps(grpc_ports, indent=2) + "\n")
     cmd = [
         _bin("weed"), "server",
         f"-dir={data_dir}", f"-ip={ip}", f"-ip.bind={ip}",
@@ -316,10 +325,10 @@ def _s3_spec(settings: Settings) -> tuple[list[str], dict[str, str], Path]:
         # and the S3 gateway talk over gRPC (and JWT-signed volume HTTP), so both are switched off:
         # the master's HTTP port keeps only its read-only status page. docs/security.md.
         "-disableHttp",
-        f"-master.port={settings.port('weed_master')}", f"-master.port.grpc={_grpc_port(settings, 'weed_master')}",
-        f"-volume.port={settings.port('weed_volume')}", f"-volume.port.grpc={_grpc_port(settings, 'weed_volume')}",
-        f"-filer.port={settings.port('weed_filer')}", f"-filer.port.grpc={_grpc_port(settings, 'weed_filer')}",
-        "-s3", f"-s3.port={settings.port('s3')}", f"-s3.port.grpc={_grpc_port(settings, 's3')}",
+        f"-master.port={settings.port('weed_master')}", f"-master.port.grpc={grpc_ports['weed_master']}",
+        f"-volume.port={settings.port('weed_volume')}", f"-volume.port.grpc={grpc_ports['weed_volume']}",
+        f"-filer.port={settings.port('weed_filer')}", f"-filer.port.grpc={grpc_ports['weed_filer']}",
+        "-s3", f"-s3.port={settings.port('s3')}", f"-s3.port.grpc={grpc_ports['s3']}",
         f"-s3.config={conf_dir / 's3.json'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
     ]
     # No client credentials in weed's environment: given AWS_ACCESS_KEY_ID it adds a second admin

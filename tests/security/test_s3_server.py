@@ -122,3 +122,46 @@ def test_s3_log_holds_no_access_key_id(seaweed, store):
     assert "starting s3" in text            # the log is the one the server writes to
     assert seaweed.env["AWS_ACCESS_KEY_ID"] not in text
     assert seaweed.env["AWS_SECRET_ACCESS_KEY"] not in text
+
+
+# One read-only call per gRPC service weed serves (an empty request message is valid protobuf).
+GRPC_CALLS = {"weed_master": "/master_pb.Seaweed/GetMasterConfiguration",
+              "weed_volume": "/volume_server_pb.VolumeServer/VolumeServerStatus",
+              "weed_filer": "/filer_pb.SeaweedFiler/GetFilerConfiguration"}
+
+
+def _grpc_call(port: int, method: str, credentials=None, timeout: float = 10):
+    import grpc
+
+    target = f"127.0.0.1:{port}"
+    channel = (grpc.secure_channel(target, credentials, options=[("grpc.ssl_target_name_override", "localhost")])
+               if credentials else grpc.insecure_channel(target))
+    with channel:
+        return channel.unary_unary(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)(
+            b"", timeout=timeout)
+
+
+@pytest.mark.parametrize("component", sorted(GRPC_CALLS))
+def test_grpc_ports_answer_only_the_stacks_certificate(seaweed, component):
+    """Any local process could call weed's gRPC API (CollectionDelete included) before; now each port
+    is mutual TLS: plaintext and TLS without a client certificate are refused, the stack's own
+    certificate (what weed's components and S3 gateway use) is answered."""
+    import json
+
+    import grpc
+
+    from campaignops.infra import seaweed_tls, stack
+
+    conf = seaweed.state_dir / "s3"
+    port = json.loads((conf / stack.GRPC_PORTS_FILE).read_text())[component]
+    tls = seaweed_tls.files(conf / "tls")
+    ca, cert, key = (tls[k].read_bytes() for k in ("ca", "cert", "key"))
+    for label, creds in (("plaintext", None),
+                         ("TLS without a client certificate", grpc.ssl_channel_credentials(root_certificates=ca))):
+        with pytest.raises(grpc.RpcError) as refused:
+            _grpc_call(port, GRPC_CALLS[component], creds)
+        assert refused.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED), \
+            (label, refused.value.code(), refused.value.details())
+    answer = _grpc_call(port, GRPC_CALLS[component], grpc.ssl_channel_credentials(ca, key, cert))
+    assert isinstance(answer, bytes)
+    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in tls.values())
