@@ -35,9 +35,11 @@ ASSETS = lineage(load_settings().bucket)
 
 
 @dag(
-    schedule=CronTriggerTimetable("0 6 * * *", timezone="UTC"),
+    schedule=CronTriggerTimetable("0 6 * * *", timezone="UTC", run_immediately=timedelta(0)),
     # No start_date: the first scheduled run is the next cron time after the DAG appears (unpausing
-    # does not start a run for a past day; dates before are run by backfill). tests/dags/test_schedules.py
+    # does not start a run for a past day; dates before are run by backfill). run_immediately=0, not
+    # False: Airflow treats False like None and runs the past cron time if it is < 10% of a day old.
+    # tests/dags/test_schedules.py
     catchup=False,
     max_active_runs=1,
     tags=["campaignops", "adjust"],

@@ -47,10 +47,12 @@ TRAIN_DOC = ("DVC stage train: fit the network and baselines, log the MLflow run
 
 @dag(
     description="Daily retraining for one raw batch: validate, features, drift gate, train, evaluate vs champion, promote",
-    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * *", timezone="UTC"),
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * *", timezone="UTC", run_immediately=timedelta(0)),
                                  assets=ASSETS[RAW_BATCH]),
     # No start_date: the first scheduled run is the next cron time after the DAG appears (unpausing
-    # does not start a run for a past day; dates before are run by backfill). tests/dags/test_schedules.py
+    # does not start a run for a past day; dates before are run by backfill). run_immediately=0, not
+    # False: Airflow treats False like None and runs the past cron time if it is < 10% of a day old.
+    # tests/dags/test_schedules.py
     catchup=False,
     max_active_runs=1,
     tags=["campaignops", "training"],
