@@ -461,6 +461,7 @@ def lineage(ref: str = typer.Argument(..., help="a scores manifest URI (s3://…
     from pathlib import Path
 
     from campaignops.pipelines import lineage as lin
+    from campaignops.pipelines.lineage_render import render_html, render_text
 
     try:
         chain = lin.trace(load_settings(), ref, max_bytes=int(max_download_mb * (1 << 20)))
@@ -468,11 +469,11 @@ def lineage(ref: str = typer.Argument(..., help="a scores manifest URI (s3://…
         console.print(f"[red]error:[/] {exc}", soft_wrap=True)
         raise typer.Exit(2)
     if html:
-        Path(html).write_text(lin.render_html(chain))
+        Path(html).write_text(render_html(chain))
     if as_json:
         typer.echo(json.dumps(chain, indent=2, default=str))
     else:
-        typer.echo(lin.render_text(chain, width=console.width or 160))
+        typer.echo(render_text(chain, width=console.width or 160))
         if html:
             typer.echo(f"page: {html}")
     if chain["counts"]["mismatch"]:

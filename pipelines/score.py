@@ -169,15 +169,11 @@ def store_lineage(settings: Settings, store: ObjectStore, manifest: dict, only_i
         key = store.key(manifest["output"]["manifest"]).rpartition("/")[0] + "/" + LINEAGE_PAGE
         if only_if_absent and store.exists(key):
             return store.uri(key)
-        from campaignops.pipelines import lineage
+        from campaignops.pipelines import lineage, lineage_render
 
         max_mb = float(settings.params["score"].get("lineage_max_mb", 64))
         chain = lineage.trace(settings, manifest["output"]["manifest"], store=store, max_bytes=int(max_mb * (1 << 20)))
-        body = lineage.render_html(chain).encode()
-        if hasattr(store, "client"):
-            store.client.put_object(Bucket=store.bucket, Key=key, Body=body, ContentType="text/html; charset=utf-8")
-        else:
-            store.put_bytes(key, body)
+        store.put_bytes(key, lineage_render.render_html(chain).encode(), content_type="text/html; charset=utf-8")
         log.info("score: lineage %s (%s) at %s", chain["status"], ", ".join(
             f"{v} {k}" for k, v in chain["counts"].items() if v), store.uri(key))
         return store.uri(key)

@@ -54,8 +54,9 @@ class ObjectStore:
         if self.bucket not in existing:
             self.client.create_bucket(Bucket=self.bucket)
 
-    def put_bytes(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        extra = {"ContentType": content_type} if content_type else {}
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
 
     def get_bytes(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
@@ -83,8 +84,9 @@ class ObjectStore:
     def head(self, key: str) -> dict:
         return self.client.head_object(Bucket=self.bucket, Key=key)
 
-    def upload_file(self, path: Path | str, key: str) -> None:
-        self.client.upload_file(str(path), self.bucket, key)
+    def upload_file(self, path: Path | str, key: str, content_type: str | None = None) -> None:
+        extra = {"ExtraArgs": {"ContentType": content_type}} if content_type else {}
+        self.client.upload_file(str(path), self.bucket, key, **extra)
 
     def download_file(self, key: str, path: Path | str) -> None:
         path = Path(path)

@@ -62,12 +62,12 @@ class LocalStore:
             raise ValueError(f"{uri!r} is not under {self.root}")
         return uri[len(prefix):]
 
-    def upload_file(self, path: Path | str, key: str) -> None:
+    def upload_file(self, path: Path | str, key: str, content_type: str | None = None) -> None:
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, dest)
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(data)

@@ -30,11 +30,7 @@ def upload_dir(store, local: Path, prefix: str) -> int:
         for name in sorted(names):
             path = Path(root) / name
             key = prefix + path.relative_to(local).as_posix()
-            ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
-            if hasattr(store, "client"):
-                store.client.upload_file(str(path), store.bucket, key, ExtraArgs={"ContentType": ctype})
-            else:
-                store.upload_file(path, key)
+            store.upload_file(path, key, content_type=mimetypes.guess_type(name)[0] or "application/octet-stream")
             n += 1
     return n
 

@@ -129,7 +129,7 @@ def test_retrain_and_score_through_airflow(stack):
     assert "raw batch (training data)" in statuses and set(statuses.values()) == {"verified"}, \
         [(h["name"], h["status"], h["detail"]) for h in chain["hops"] if h["status"] != "verified"]
     assert store.exists(store.key(scored_manifest["output"]["prefix"]) + "lineage.html")
-    from campaignops.pipelines.lineage import render_text
+    from campaignops.pipelines.lineage_render import render_text
 
     (settings.state_dir.parent / "lineage.txt").write_text(render_text(chain))   # kept with the test's temp dir
 

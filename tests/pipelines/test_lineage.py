@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from campaignops.config import Settings
-from campaignops.pipelines import evaluate, layout, lineage, promote, score, train
+from campaignops.pipelines import evaluate, layout, lineage, lineage_render, promote, score, train
 from campaignops.pipelines.storage import ObjectStore
 from conftest import TEST_ENV, land_features, moto_store, project_settings
 
@@ -127,9 +127,12 @@ def test_trace_from_the_manifest_verifies_every_hop(chain):
     docs = store.get_bytes(store.key(json.loads(store.get_bytes(store.key(manifest["inputs"]["validation_result_uri"])))
                                      ["docs_uri"])).decode()
     assert "data-offline-rows" in docs and "<td" in docs and "validations/raw/users/" in docs
+    docs_key = store.key(json.loads(store.get_bytes(store.key(manifest["inputs"]["validation_result_uri"])))["docs_uri"])
+    assert store.head(docs_key)["ContentType"] == "text/html"      # opens in a browser from an S3 link
     # scoring stored the page beside its manifest
     page_key = store.key(manifest["output"]["prefix"]) + "lineage.html"
     page = store.get_bytes(page_key).decode()
+    assert store.head(page_key)["ContentType"] == "text/html; charset=utf-8"
     assert "<script" not in page and "scores parts" in page and "raw batch (training data)" in page
 
 
@@ -151,10 +154,10 @@ def test_trace_from_other_references(chain, ref):
 def test_render_html_is_self_contained_and_text_lists_hops(chain):
     settings, store, client, manifest, *_ = chain
     out = lineage.trace(settings, manifest["campaign_id"], store=store, mlflow_client=client)
-    page = lineage.render_html(out)
+    page = lineage_render.render_html(out)
     assert page.startswith("<!doctype html>") and "<style>" in page
     assert "<script" not in page and "<link" not in page and "src=" not in page
-    text = lineage.render_text(out)
+    text = lineage_render.render_text(out)
     assert all(n in text for n in ("scores parts", "raw batch")) and "verified" in text
 
 
