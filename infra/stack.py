@@ -8,7 +8,7 @@ Plain functions for the CLI (`campaignops stack up|down|status`):
   (their process groups, sessions and descendants: infra/processes.py), and nothing else.
 - ``status(settings)`` reports pid / running / healthy per service.
 
-State lives under ``settings.state_dir``::
+State lives under ``settings.state_dir`` (its paths, credentials and secrets: infra/stack_secrets.py)::
 
     (the directory and each server's own directory 0700; secrets, databases and logs 0600)
     stack.env            client credentials (0600), read by Settings: AWS_*, CAMPAIGNOPS_AIRFLOW_*,
@@ -24,11 +24,9 @@ State lives under ``settings.state_dir``::
 """
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
-import secrets
 import socket
 import subprocess
 import sys
@@ -38,6 +36,10 @@ from typing import Callable, Iterable
 
 from campaignops.config import Settings, _read_env_file
 from campaignops.infra import distributed, processes, seaweed_tls
+from campaignops.infra.stack_secrets import (  # noqa: F401  (people_file, ensure_credentials, ...: the stack's API too)
+    ADMIN_USER, CLIENT_SECRETS, PEOPLE, ensure_credentials, logfile, logs_dir, people, people_file, pidfile,
+    prepare_state, private_db, private_dir, run_dir, server_secrets, server_secrets_file, write_private,
+)
 
 log = logging.getLogger("campaignops.stack")
 
@@ -45,152 +47,14 @@ SERVICES: tuple[str, ...] = ("s3", "mlflow", "airflow")          # profile local
 # Every service in start order; profile distributed adds Airflow's Postgres and Redis (infra/distributed.py).
 ALL_SERVICES: tuple[str, ...] = ("s3", "mlflow", "postgres", "redis", "airflow")
 PROFILE_SERVICES = {"local": SERVICES, "distributed": ALL_SERVICES}
-ADMIN_USER = "admin"      # the pipeline's service account: the only one that may register versions / move aliases
-# People's accounts (roles enforced by the servers): an engineer may trigger DAGs and read
-# everything; an auditor may read everything and change nothing. Airflow: SimpleAuthManager roles
-# `user` / `viewer`; MLflow: basic-auth users with the server's default READ permission.
-PEOPLE = {"engineer": "user", "auditor": "viewer"}
 # Services that write nothing but their own state (under state_dir): started with umask 077, so all
 # they create is private. Airflow is not one: its tasks write the workspace (reports, DVC outputs).
 PRIVATE_WRITERS: tuple[str, ...] = ("s3", "mlflow", "postgres", "redis")
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
-# Client credentials kept in settings.env_file; generated once, reused afterwards.
-_CLIENT_SECRETS: dict[str, Callable[[], str]] = {
-    "AWS_ACCESS_KEY_ID": lambda: "CO" + secrets.token_hex(9).upper(),
-    "AWS_SECRET_ACCESS_KEY": lambda: secrets.token_urlsafe(30),
-    "CAMPAIGNOPS_AIRFLOW_USER": lambda: ADMIN_USER,
-    "CAMPAIGNOPS_AIRFLOW_PASSWORD": lambda: secrets.token_urlsafe(18),
-    "MLFLOW_TRACKING_USERNAME": lambda: ADMIN_USER,
-    "MLFLOW_TRACKING_PASSWORD": lambda: secrets.token_urlsafe(18),
-}
-# Server-only secrets (not handed to clients through Settings.env / process_env()).
-_SERVER_SECRETS: dict[str, Callable[[], str]] = {
-    "MLFLOW_FLASK_SERVER_SECRET_KEY": lambda: secrets.token_urlsafe(32),
-    "AIRFLOW__API_AUTH__JWT_SECRET": lambda: secrets.token_urlsafe(64),
-    "AIRFLOW__API__SECRET_KEY": lambda: secrets.token_urlsafe(32),
-    "AIRFLOW__CORE__FERNET_KEY": lambda: base64.urlsafe_b64encode(os.urandom(32)).decode(),
-    "SEAWEED_JWT_SIGNING_KEY": lambda: secrets.token_urlsafe(32),
-    "SEAWEED_JWT_SIGNING_READ_KEY": lambda: secrets.token_urlsafe(32),
-    "SEAWEED_JWT_FILER_KEY": lambda: secrets.token_urlsafe(32),
-    "SEAWEED_JWT_FILER_READ_KEY": lambda: secrets.token_urlsafe(32),
-    "CAMPAIGNOPS_POSTGRES_PASSWORD": lambda: secrets.token_urlsafe(24),   # profile distributed
-    "CAMPAIGNOPS_REDIS_PASSWORD": lambda: secrets.token_urlsafe(24),
-}
-
 
 class StackError(RuntimeError):
     """A service failed to start, stop, or become healthy."""
-
-
-# --------------------------------------------------------------------------- paths & secrets
-
-
-def run_dir(settings: Settings) -> Path:
-    return settings.state_dir / "run"
-
-
-def logs_dir(settings: Settings) -> Path:
-    return settings.state_dir / "logs"
-
-
-def pidfile(settings: Settings, service: str) -> Path:
-    return run_dir(settings) / f"{service}.pid"
-
-
-def logfile(settings: Settings, service: str) -> Path:
-    return logs_dir(settings) / f"{service}.log"
-
-
-def server_secrets_file(settings: Settings) -> Path:
-    return settings.state_dir / "server-secrets.env"
-
-
-def people_file(settings: Settings) -> Path:
-    """The people's accounts (CAMPAIGNOPS_<NAME>_PASSWORD per PEOPLE entry), mode 0600; not handed
-    to the pipeline's processes."""
-    return settings.state_dir / "people.env"
-
-
-def people(settings: Settings) -> dict[str, str]:
-    """{username: password} of the people's accounts, generated once."""
-    values = _ensure_env_file(people_file(settings),
-                              {f"CAMPAIGNOPS_{name.upper()}_PASSWORD": lambda: secrets.token_urlsafe(18)
-                               for name in PEOPLE},
-                              "campaignops people's accounts (engineer: trigger + read, auditor: read) - keep private")
-    return {name: values[f"CAMPAIGNOPS_{name.upper()}_PASSWORD"] for name in PEOPLE}
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write atomically with mode 0600 (never readable by others, even briefly)."""
-    if not path.parent.exists():
-        _private_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _private_dir(path: Path) -> Path:
-    """Create `path` (and parents) and make it 0700: only the stack's user may enter it."""
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    return path
-
-
-def _private_db(path: Path) -> None:
-    """Make a server's SQLite database 0600 before the server opens it: created empty (SQLite takes
-    an empty file for a new database, and gives its journal files the database's mode), or
-    tightened if an older stack created it 0644."""
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass
-    for companion in (path, *(path.with_name(path.name + s) for s in ("-journal", "-wal", "-shm"))):
-        if companion.exists():
-            os.chmod(companion, 0o600)
-
-
-def _ensure_env_file(path: Path, wanted: dict[str, Callable[[], str]], header: str) -> dict[str, str]:
-    existing = _read_env_file(path)
-    missing = {k: gen() for k, gen in wanted.items() if not existing.get(k)}
-    if missing or not path.exists():
-        merged = {**existing, **missing}
-        body = "".join(f"{k}={v}\n" for k, v in merged.items())
-        _write_private(path, f"# {header}\n{body}")
-    elif path.stat().st_mode & 0o077:
-        os.chmod(path, 0o600)
-    return _read_env_file(path)
-
-
-def ensure_credentials(settings: Settings) -> dict[str, str]:
-    """Create (first time) or reuse the client credentials in ``settings.env_file`` (mode 0600),
-    then reload ``settings.env`` in place so this process sees them. Returns the file's values."""
-    values = _ensure_env_file(
-        settings.env_file, _CLIENT_SECRETS,
-        "campaignops local stack credentials - generated, keep private (git-ignored state dir)",
-    )
-    settings.env.clear()
-    settings.env.update(values)
-    return values
-
-
-def prepare_state(settings: Settings) -> None:
-    """The state directory, private (0700), with the client credentials and server secrets."""
-    _private_dir(settings.state_dir)
-    ensure_credentials(settings)
-    _server_secrets(settings)
-
-
-def _server_secrets(settings: Settings) -> dict[str, str]:
-    return _ensure_env_file(server_secrets_file(settings), _SERVER_SECRETS,
-                            "campaignops stack server-side secrets - do not share")
 
 
 # --------------------------------------------------------------------------- process bookkeeping
@@ -289,9 +153,9 @@ def _base_env(settings: Settings) -> dict[str, str]:
 
 
 def _s3_spec(settings: Settings) -> tuple[list[str], dict[str, str], Path]:
-    creds, server = settings.env, _server_secrets(settings)
-    conf_dir = _private_dir(settings.state_dir / "s3")
-    data_dir = _private_dir(settings.state_dir / "seaweed")
+    creds, server = settings.env, server_secrets(settings)
+    conf_dir = private_dir(settings.state_dir / "s3")
+    data_dir = private_dir(settings.state_dir / "seaweed")
     s3_config = {
         "identities": [{
             "name": "campaignops",
@@ -299,13 +163,13 @@ def _s3_spec(settings: Settings) -> tuple[list[str], dict[str, str], Path]:
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]
     }
-    _write_private(conf_dir / "s3.json", json.dumps(s3_config, indent=2) + "\n")
+    write_private(conf_dir / "s3.json", json.dumps(s3_config, indent=2) + "\n")
     # weed reads ./security.toml first: JWT-sign volume and filer access so the filer/volume HTTP
     # ports are not an unauthenticated side door around the S3 credentials.
     # Every gRPC port (master, volume, filer, S3 gateway) mutual TLS with the stack's own CA:
     # without it any local process could call e.g. CollectionDelete. infra/seaweed_tls.py.
-    tls = seaweed_tls.ensure(_private_dir(conf_dir / "tls"), _write_private)
-    _write_private(conf_dir / "security.toml", (
+    tls = seaweed_tls.ensure(private_dir(conf_dir / "tls"), write_private)
+    write_private(conf_dir / "security.toml", (
         f'[jwt.signing]\nkey = "{server["SEAWEED_JWT_SIGNING_KEY"]}"\n'
         f'[jwt.signing.read]\nkey = "{server["SEAWEED_JWT_SIGNING_READ_KEY"]}"\n'
         f'[jwt.filer_signing]\nkey = "{server["SEAWEED_JWT_FILER_KEY"]}"\n'
@@ -314,7 +178,7 @@ def _s3_spec(settings: Settings) -> tuple[list[str], dict[str, str], Path]:
     ))
     ip = settings.host
     grpc_ports = {name: _grpc_port(settings, name) for name in ("weed_master", "weed_volume", "weed_filer", "s3")}
-    _write_private(conf_dir / GRPC_PORTS_FILE, json.dumps(grpc_ports, indent=2) + "\n")
+    write_private(conf_dir / GRPC_PORTS_FILE, json.dumps(grpc_ports, indent=2) + "\n")
     cmd = [
         _bin("weed"), "server",
         f"-dir={data_dir}", f"-ip={ip}", f"-ip.bind={ip}",
@@ -333,17 +197,17 @@ def _s3_spec(settings: Settings) -> tuple[list[str], dict[str, str], Path]:
     ]
     # No client credentials in weed's environment: given AWS_ACCESS_KEY_ID it adds a second admin
     # identity and logs its access key id; s3.json is the one source of identities.
-    env = {k: v for k, v in _base_env(settings).items() if k not in _CLIENT_SECRETS and not k.startswith("AWS_")}
+    env = {k: v for k, v in _base_env(settings).items() if k not in CLIENT_SECRETS and not k.startswith("AWS_")}
     return cmd, env, conf_dir
 
 
 def _mlflow_spec(settings: Settings) -> tuple[list[str], dict[str, str], Path]:
-    creds, server = settings.env, _server_secrets(settings)
-    home = _private_dir(settings.state_dir / "mlflow")
+    creds, server = settings.env, server_secrets(settings)
+    home = private_dir(settings.state_dir / "mlflow")
     for db in ("mlflow.db", "basic_auth.db"):
-        _private_db(home / db)
+        private_db(home / db)
     ini = home / "basic_auth.ini"
-    _write_private(ini, (
+    write_private(ini, (
         "[mlflow]\n"
         "default_permission = READ\n"
         f"database_uri = sqlite:///{home / 'basic_auth.db'}\n"
@@ -390,7 +254,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     """Environment for Airflow processes (also usable to run `airflow ...` CLI commands against the
     stack's metadata database)."""
     home = airflow_home(settings)
-    server = _server_secrets(settings)
+    server = server_secrets(settings)
     port = settings.port("airflow")
     base = f"http://{settings.host}:{port}"
     env = _base_env(settings)
@@ -443,10 +307,10 @@ def openlineage_file(settings: Settings) -> Path:
 
 
 def _airflow_spec(settings: Settings) -> tuple[list[str], dict[str, str], Path]:
-    home = _private_dir(airflow_home(settings))
-    _private_db(home / "airflow.db")
+    home = private_dir(airflow_home(settings))
+    private_db(home / "airflow.db")
     user = settings.env.get("CAMPAIGNOPS_AIRFLOW_USER", ADMIN_USER)
-    _write_private(home / "simple_auth_manager_passwords.json",
+    write_private(home / "simple_auth_manager_passwords.json",
                    json.dumps({user: settings.env["CAMPAIGNOPS_AIRFLOW_PASSWORD"], **people(settings)}) + "\n")
     launcher = Path(__file__).with_name("airflow_launcher.py")
     return [sys.executable, str(launcher)], airflow_env(settings), home
@@ -520,21 +384,21 @@ def _check_airflow(settings: Settings, timeout: float = 3) -> None:
 
 
 def _postgres_spec(settings: Settings) -> tuple[list[str], dict[str, str], Path]:
-    data = distributed.ensure_cluster(settings, _server_secrets(settings)["CAMPAIGNOPS_POSTGRES_PASSWORD"])
+    data = distributed.ensure_cluster(settings, server_secrets(settings)["CAMPAIGNOPS_POSTGRES_PASSWORD"])
     return distributed.postgres_command(settings, data), {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8"}, data.parent
 
 
 def _redis_spec(settings: Settings) -> tuple[list[str], dict[str, str], Path]:
-    conf = distributed.redis_conf(settings, _server_secrets(settings)["CAMPAIGNOPS_REDIS_PASSWORD"])
+    conf = distributed.redis_conf(settings, server_secrets(settings)["CAMPAIGNOPS_REDIS_PASSWORD"])
     return distributed.redis_command(conf), {"PATH": os.environ.get("PATH", "")}, conf.parent
 
 
 def _check_postgres(settings: Settings, timeout: float = 3) -> None:
-    distributed.check_postgres(settings, _server_secrets(settings)["CAMPAIGNOPS_POSTGRES_PASSWORD"], timeout)
+    distributed.check_postgres(settings, server_secrets(settings)["CAMPAIGNOPS_POSTGRES_PASSWORD"], timeout)
 
 
 def _check_redis(settings: Settings, timeout: float = 3) -> None:
-    distributed.check_redis(settings, _server_secrets(settings)["CAMPAIGNOPS_REDIS_PASSWORD"], timeout)
+    distributed.check_redis(settings, server_secrets(settings)["CAMPAIGNOPS_REDIS_PASSWORD"], timeout)
 
 
 _SPECS = {"s3": _s3_spec, "mlflow": _mlflow_spec, "postgres": _postgres_spec, "redis": _redis_spec,
@@ -585,8 +449,8 @@ def _start(settings: Settings, service: str) -> subprocess.Popen:
             f"free them or set CAMPAIGNOPS_<NAME>_PORT (e.g. CAMPAIGNOPS_{busy[0].split('=')[0].upper()}_PORT)")
     cmd, env, cwd = _SPECS[service](settings)
     user = _RUN_AS[service]() if service in _RUN_AS else None
-    _private_dir(logs_dir(settings))
-    _private_dir(run_dir(settings))
+    private_dir(logs_dir(settings))
+    private_dir(run_dir(settings))
     log_path = logfile(settings, service)
     with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
         os.chmod(log_path, 0o600)
@@ -604,7 +468,7 @@ def _start(settings: Settings, service: str) -> subprocess.Popen:
         time.sleep(0.01)
     info = {"service": service, "pid": proc.pid, "pgid": proc.pid, "start_time": start_time or 0,
             "cmdline": cmd, "started_at": time.time(), "url": _local_url(settings, service)}
-    _write_private(pidfile(settings, service), json.dumps(info, indent=2) + "\n")
+    write_private(pidfile(settings, service), json.dumps(info, indent=2) + "\n")
     return proc
 
 
@@ -673,7 +537,7 @@ def up(settings: Settings, services: Iterable[str] | None = None,
         if service == "s3":
             _ensure_bucket(settings)
         if service == "postgres":
-            distributed.ensure_database(settings, _server_secrets(settings)["CAMPAIGNOPS_POSTGRES_PASSWORD"])
+            distributed.ensure_database(settings, server_secrets(settings)["CAMPAIGNOPS_POSTGRES_PASSWORD"])
         if service == "mlflow" and mlflow_auth_available():
             _ensure_mlflow_people(settings)
 

@@ -32,10 +32,10 @@ def test_credentials_generated_once_private_and_reloaded(settings):
     settings.env.clear()
     assert stack.ensure_credentials(settings) == first
     # server-side secrets live elsewhere, so they are not handed to tasks via Settings.env
-    server = stack._server_secrets(settings)
+    server = stack.server_secrets(settings)
     assert "AIRFLOW__API_AUTH__JWT_SECRET" in server and "AIRFLOW__API_AUTH__JWT_SECRET" not in first
     assert stack.server_secrets_file(settings).stat().st_mode & 0o777 == 0o600
-    assert stack._server_secrets(settings) == server
+    assert stack.server_secrets(settings) == server
 
 
 def test_missing_key_is_added_without_touching_others(settings):
@@ -124,7 +124,7 @@ def test_weed_serves_no_admin_http_and_gets_no_client_keys(settings):
     stack.prepare_state(settings)
     cmd, env, _ = stack._s3_spec(settings)
     assert "-disableHttp" in cmd
-    secrets = {settings.env[k] for k in stack._CLIENT_SECRETS if len(settings.env[k]) > 8}
+    secrets = {settings.env[k] for k in stack.CLIENT_SECRETS if len(settings.env[k]) > 8}
     assert not secrets & set(env.values()) and not [k for k in env if k.startswith("AWS_")]
 
 
