@@ -193,7 +193,8 @@ class _Tracer:
             import pyarrow.parquet as pq
 
             rows = pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
-            h.compare(what, p.get("rows"), rows, "sha256 matches; rows")
+            h.check(f"{what} sha256", VERIFIED, "sha256 matches the manifest", p["sha256"], sha)
+            h.compare(f"{what} rows", p.get("rows"), rows, "rows")
 
     def scores_manifest(self, key: str, manifest: dict, via: str | None) -> None:
         uri = self.store.uri(key)
@@ -469,7 +470,7 @@ class _Tracer:
                 h.check("Data Docs", MISSING, f"{docs} is gone")
             else:
                 n = result.get("docs_files")
-                h.check("Data Docs", VERIFIED if n in (None, len(listed)) or len(listed) >= n else MISSING,
+                h.check("Data Docs files", VERIFIED if n in (None, len(listed)) or len(listed) >= n else MISSING,
                         f"{len(listed)} file(s) under docs/" + (f", {n} uploaded" if n is not None else ""),
                         n, len(listed))
         else:

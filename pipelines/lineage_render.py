@@ -13,15 +13,45 @@ from campaignops.pipelines.lineage import MISMATCH, MISSING, UNVERIFIABLE, VERIF
 _COLORS = {VERIFIED: "green", MISMATCH: "red", MISSING: "yellow", UNVERIFIABLE: "bright_black"}
 
 
+_MARKS = {VERIFIED: "ok", MISMATCH: "MISMATCH", MISSING: "MISSING", UNVERIFIABLE: "unverifiable"}
+TEXT_CHECKS_PER_HOP = 6      # the text table lists this many checks per hop (the page and --json list all)
+
+
+def _short(value, keep: int = 16) -> str:
+    """A recorded value fit for one table line: hashes and long ids cut in the middle."""
+    text = "" if value is None else str(value)
+    return text if len(text) <= 2 * keep + 1 else f"{text[:keep]}…{text[-6:]}"
+
+
+def check_lines(hop: dict, limit: int = TEXT_CHECKS_PER_HOP) -> list[str]:
+    """One line per check: its mark, what it compared and the value it found (the hash itself for
+    a verified hash, expected vs actual for a mismatch, the reason otherwise)."""
+    lines = []
+    for c in hop["checks"][:limit]:
+        if c["status"] == MISMATCH:
+            value = f"expected {_short(c['expected'])}, actual {_short(c['actual'])}"
+        elif c["status"] == VERIFIED and (c["actual"] or c["expected"]) not in (None, ""):
+            value = _short(c["actual"] if c["actual"] not in (None, "") else c["expected"])
+        else:
+            value = c["detail"]
+        lines.append(f"{_MARKS[c['status']]} {c['what']}: {value}")
+    if len(hop["checks"]) > limit:
+        lines.append(f"… {len(hop['checks']) - limit} more (--html or --json lists every check)")
+    return lines
+
+
 def render_text(chain: dict, width: int = 160) -> str:
-    """A rich table of the hops (plain text, for the CLI and logs)."""
+    """A rich table of the hops, each with its checks (plain text, for the CLI and logs)."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("#", "hop", "identifier", "status", "detail", title=f"lineage of {chain['ref']}", show_lines=True)
+    table = Table(title=f"lineage of {chain['ref']}", show_lines=True)
+    for name in ("#", "hop", "identifier", "status", "checks"):
+        table.add_column(name, overflow="fold")      # ids and hashes wrap, never cut
     for i, h in enumerate(chain["hops"], 1):
         ident = h["identifier"] + (f"\n{h['link']}" if h.get("link") and h["link"] != h["identifier"] else "")
-        table.add_row(str(i), h["name"], ident, f"[{_COLORS[h['status']]}]{h['status']}[/]", h["detail"])
+        checks = "\n".join(check_lines(h)) or h["detail"]
+        table.add_row(str(i), h["name"], ident, f"[{_COLORS[h['status']]}]{h['status']}[/]", checks)
     buf = io.StringIO()
     console = Console(file=buf, width=width, force_terminal=False, color_system=None)
     console.print(table)

@@ -157,8 +157,15 @@ def test_render_html_is_self_contained_and_text_lists_hops(chain):
     page = lineage_render.render_html(out)
     assert page.startswith("<!doctype html>") and "<style>" in page
     assert "<script" not in page and "<link" not in page and "src=" not in page
-    text = lineage_render.render_text(out)
+    text = lineage_render.render_text(out, width=220)
     assert all(n in text for n in ("scores parts", "raw batch")) and "verified" in text
+    part = manifest["parts"][0]["sha256"]
+    assert part[:16] in text                     # a verified hop shows the hash it verified, not just a count
+    lines = lineage_render.check_lines({"checks": [
+        {"what": "x sha256", "status": "mismatch", "detail": "", "expected": "a" * 64, "actual": "b" * 64},
+        *[{"what": f"c{i}", "status": "verified", "detail": "", "expected": 1, "actual": 1} for i in range(9)]]})
+    assert lines[0].startswith("MISMATCH x sha256: expected aaaa") and "actual bbbb" in lines[0]
+    assert len(lines) == lineage_render.TEXT_CHECKS_PER_HOP + 1 and lines[-1].startswith("… 4 more")
 
 
 def test_unknown_reference_is_an_error(chain):
