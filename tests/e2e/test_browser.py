@@ -35,7 +35,7 @@ UI_TIMEOUT_MS = 60_000       # page loads and UI updates on a busy 2-core machin
 VIEWPORT = {"width": 1400, "height": 1000}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu"]
 DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-README_IMAGES = {"grid": "airflow-grid.png", "trigger-form": "airflow-trigger-form.png"}
+README_IMAGES = {"run-success": "airflow-run.png", "trigger-form": "airflow-trigger-form.png"}
 
 
 class Screenshots:
