@@ -25,9 +25,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import CronTriggerTimetable, Param, dag, task
+from airflow.sdk import Param, dag, task
 
 from campaignops.config import load_settings
+from campaignops.pipelines.schedules import daily_cron
 from campaignops.pipelines.tasklog import on_task_start
 from campaignops.pipelines.assets import ALLOCATIONS, SCORES, VALIDATED, lineage
 
@@ -35,11 +36,8 @@ ASSETS = lineage(load_settings().bucket)
 
 
 @dag(
-    schedule=CronTriggerTimetable("0 6 * * *", timezone="UTC", run_immediately=timedelta(0)),
-    # No start_date: the first scheduled run is the next cron time after the DAG appears (unpausing
-    # does not start a run for a past day; dates before are run by backfill). run_immediately=0, not
-    # False: Airflow treats False like None and runs the past cron time if it is < 10% of a day old.
-    # tests/dags/test_schedules.py
+    schedule=daily_cron("0 6 * * *"),
+    # No start_date: the first scheduled run is the next cron time after the DAG appears (daily_cron).
     catchup=False,
     max_active_runs=1,
     tags=["campaignops", "adjust"],

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import CronTriggerTimetable, Param, dag, task
+from airflow.sdk import Param, dag, task
 
 from campaignops.config import load_settings
+from campaignops.pipelines.schedules import daily_cron
 from campaignops.pipelines.tasklog import on_task_start
 from campaignops.pipelines.assets import FEEDBACK, SCORES, VALIDATED, lineage
 
@@ -34,11 +35,8 @@ ASSETS = lineage(load_settings().bucket)
 
 @dag(
     # 05:00 UTC: after campaign_retrain (03:00) has validated the day's batch with the outcomes.
-    schedule=CronTriggerTimetable("0 5 * * *", timezone="UTC", run_immediately=timedelta(0)),
-    # No start_date: the first scheduled run is the next cron time after the DAG appears (unpausing
-    # does not start a run for a past day; dates before are run by backfill). run_immediately=0, not
-    # False: Airflow treats False like None and runs the past cron time if it is < 10% of a day old.
-    # tests/dags/test_schedules.py
+    schedule=daily_cron("0 5 * * *"),
+    # No start_date: the first scheduled run is the next cron time after the DAG appears (daily_cron).
     catchup=False,
     max_active_runs=1,
     tags=["campaignops", "feedback"],

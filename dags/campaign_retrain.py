@@ -31,9 +31,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from airflow.sdk import AssetOrTimeSchedule, Param, dag, task
 
 from campaignops.config import load_settings
+from campaignops.pipelines.schedules import daily_cron
 from campaignops.pipelines.tasklog import on_task_start
 from campaignops.pipelines.assets import (CHAMPION, DAY_RECORDS, FEATURES, MODEL_RUNS, QUARANTINE, RAW_BATCH,
                                           VALIDATED, airflow_assets, lineage)
@@ -47,12 +48,9 @@ TRAIN_DOC = ("DVC stage train: fit the network and baselines, log the MLflow run
 
 @dag(
     description="Daily retraining for one raw batch: validate, features, drift gate, train, evaluate vs champion, promote",
-    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * *", timezone="UTC", run_immediately=timedelta(0)),
+    schedule=AssetOrTimeSchedule(timetable=daily_cron("0 3 * * *"),
                                  assets=ASSETS[RAW_BATCH]),
-    # No start_date: the first scheduled run is the next cron time after the DAG appears (unpausing
-    # does not start a run for a past day; dates before are run by backfill). run_immediately=0, not
-    # False: Airflow treats False like None and runs the past cron time if it is < 10% of a day old.
-    # tests/dags/test_schedules.py
+    # No start_date: the first scheduled run is the next cron time after the DAG appears (daily_cron).
     catchup=False,
     max_active_runs=1,
     tags=["campaignops", "training"],
