@@ -187,14 +187,13 @@ class _Tracer:
                 h.check(what, MISSING, f"{self.store.uri(key)} vanished while reading")
                 continue
             sha = hashlib.sha256(data).hexdigest()
-            if sha != p["sha256"]:
-                h.check(what, MISMATCH, "sha256 differs from the manifest", p["sha256"], sha)
-                continue
-            import pyarrow.parquet as pq
+            same = sha == p["sha256"]
+            h.check(f"{what} sha256", VERIFIED if same else MISMATCH,
+                    f"sha256 {'matches' if same else 'differs from'} the manifest", p["sha256"], sha)
+            if same:
+                import pyarrow.parquet as pq
 
-            rows = pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
-            h.check(f"{what} sha256", VERIFIED, "sha256 matches the manifest", p["sha256"], sha)
-            h.compare(f"{what} rows", p.get("rows"), rows, "rows")
+                h.compare(f"{what} rows", p.get("rows"), pq.ParquetFile(io.BytesIO(data)).metadata.num_rows, "rows")
 
     def scores_manifest(self, key: str, manifest: dict, via: str | None) -> None:
         uri = self.store.uri(key)

@@ -11,15 +11,13 @@ import json
 from campaignops.pipelines.lineage import MISMATCH, MISSING, UNVERIFIABLE, VERIFIED
 
 _COLORS = {VERIFIED: "green", MISMATCH: "red", MISSING: "yellow", UNVERIFIABLE: "bright_black"}
-
-
 _MARKS = {VERIFIED: "ok", MISMATCH: "MISMATCH", MISSING: "MISSING", UNVERIFIABLE: "unverifiable"}
 TEXT_CHECKS_PER_HOP = 6      # the text table lists this many checks per hop (the page and --json list all)
 
 
 def _short(value, keep: int = 16) -> str:
     """A recorded value fit for one table line: hashes and long ids cut in the middle."""
-    text = "" if value is None else str(value)
+    text = _s(value)
     return text if len(text) <= 2 * keep + 1 else f"{text[:keep]}…{text[-6:]}"
 
 
@@ -28,10 +26,11 @@ def check_lines(hop: dict, limit: int = TEXT_CHECKS_PER_HOP) -> list[str]:
     a verified hash, expected vs actual for a mismatch, the reason otherwise)."""
     lines = []
     for c in hop["checks"][:limit]:
+        found = next((v for v in (c["actual"], c["expected"]) if v not in (None, "")), None)
         if c["status"] == MISMATCH:
             value = f"expected {_short(c['expected'])}, actual {_short(c['actual'])}"
-        elif c["status"] == VERIFIED and (c["actual"] or c["expected"]) not in (None, ""):
-            value = _short(c["actual"] if c["actual"] not in (None, "") else c["expected"])
+        elif c["status"] == VERIFIED and found is not None:
+            value = _short(found)
         else:
             value = c["detail"]
         lines.append(f"{_MARKS[c['status']]} {c['what']}: {value}")
